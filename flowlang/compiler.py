@@ -1,0 +1,100 @@
+"""The compiler facade: source files in, `CompileResult` (IR or diagnostics) out.
+
+Stages: parse → lower → check → build. Each stage is gated on the errors of the one before,
+and an unexpected exception anywhere becomes one FL900 diagnostic instead of a traceback."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from flowlang import ast, codes
+from flowlang.build import build
+from flowlang.checks import check_program
+from flowlang.diagnostics import Diagnostic, DiagnosticSink, Severity
+from flowlang.ir import FlowProgram
+from flowlang.lower import lower
+from flowlang.parser import parse
+from flowlang.source import SourceFile, Span
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """The outcome of a compile: the program (None when there are errors) and all diagnostics."""
+
+    program: FlowProgram | None
+    diagnostics: tuple[Diagnostic, ...]
+    sources: dict[str, SourceFile] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        """Only the errors."""
+        return tuple(d for d in self.diagnostics if d.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        """Only the warnings."""
+        return tuple(d for d in self.diagnostics if d.severity is Severity.WARNING)
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings allowed)."""
+        return not self.errors
+
+
+def _internal_error(sink: DiagnosticSink, span: Span, stage: str) -> None:
+    sink.report(
+        codes.INTERNAL,
+        span,
+        notes=(f"while {stage}", traceback.format_exc().rstrip()),
+        help="please report this at the Flowlang issue tracker with the file that caused it",
+    )
+
+
+def compile_sources(
+    sources: Iterable[SourceFile], *, extra: Sequence[Diagnostic] = ()
+) -> CompileResult:
+    """Compile several files as one program (flows may refer to each other)."""
+    files = {s.name: s for s in sources}
+    sink = DiagnosticSink(list(extra))
+    modules: list[ast.Module] = []
+    for source in files.values():
+        file_sink = DiagnosticSink()
+        try:
+            tree = parse(source, file_sink)
+            if tree is not None:
+                modules.append(lower(tree, source, file_sink))
+        except Exception:
+            _internal_error(file_sink, Span(source.name, 0, 0), f"reading {source.name}")
+        sink.diagnostics.extend(file_sink.diagnostics)
+    parsed_all = len(modules) == len(files)
+    if parsed_all and not sink.has_errors:
+        try:
+            check_program(modules, sink)
+        except Exception:
+            first = next(iter(files), "<input>")
+            _internal_error(sink, Span(first, 0, 0), "checking the flows")
+    program = None
+    if parsed_all and not sink.has_errors:
+        try:
+            program = build(modules, files)
+        except Exception:
+            first = next(iter(files), "<input>")
+            _internal_error(sink, Span(first, 0, 0), "building the compiled flows")
+    return CompileResult(program, tuple(sort_diagnostics(sink.diagnostics, files)), files)
+
+
+def compile_source(text: str, name: str = "<input>") -> CompileResult:
+    """Compile one file's text."""
+    return compile_sources([SourceFile(name, text)])
+
+
+def sort_diagnostics(
+    diagnostics: Iterable[Diagnostic], files: dict[str, SourceFile]
+) -> list[Diagnostic]:
+    """Order diagnostics by file (as given), then position."""
+    order = {name: i for i, name in enumerate(files)}
+    return sorted(
+        diagnostics, key=lambda d: (order.get(d.span.file, len(order)), d.span.start, d.code)
+    )
