@@ -1,0 +1,1 @@
+"""The Flowlang runtime: runs compiled flows against persisted conversation state."""
