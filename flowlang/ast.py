@@ -304,8 +304,22 @@ class UseTemplate:
 
 
 Action = (
-    Say | Ask | Set | If | Goto | End | Call | Resume | Media | Carousel | ListTemplate | Typing
-    | Pause | HandOver | TakeBack | UseTemplate
+    Say
+    | Ask
+    | Set
+    | If
+    | Goto
+    | End
+    | Call
+    | Resume
+    | Media
+    | Carousel
+    | ListTemplate
+    | Typing
+    | Pause
+    | HandOver
+    | TakeBack
+    | UseTemplate
 )
 
 

@@ -30,7 +30,9 @@ class _Builder:
         kind, value = target.kind, target.value
         if kind == "url":
             return ir.Button(
-                type="web_url", title=title, url=value.text if isinstance(value, ast.Name) else value.value,
+                type="web_url",
+                title=title,
+                url=value.text if isinstance(value, ast.Name) else value.value,
                 webview_height_ratio=target.webview,  # type: ignore[arg-type]
             )
         if kind == "phone":
@@ -80,7 +82,7 @@ class _Builder:
                 out.append(built)
         return tuple(out)
 
-    def action(self, node: ast.Action, aid: str) -> Any:  # noqa: PLR0911 - one case per kind
+    def action(self, node: ast.Action, aid: str) -> Any:
         common: dict[str, Any] = {"id": aid, "source": self.ref(node.span)}
         match node:
             case ast.Say():
@@ -141,9 +143,7 @@ class _Builder:
                     **common, app_id=app, metadata=node.note.value if node.note else None
                 )
             case ast.TakeBack():
-                return ir.TakeBackAction(
-                    **common, metadata=node.note.value if node.note else None
-                )
+                return ir.TakeBackAction(**common, metadata=node.note.value if node.note else None)
             case ast.UseTemplate():
                 return ir.TemplateAction(
                     **common,
@@ -172,7 +172,11 @@ class _Builder:
     def ask(self, node: ast.Ask, common: dict[str, Any]) -> ir.AskAction:
         assert self.flow is not None
         offered = [(c.title, c.target) for c in node.choices]
-        offered += [(b.title, b.target) for b in node.buttons if b.target.kind in ("step", "flow", "payload")]
+        offered += [
+            (b.title, b.target)
+            for b in node.buttons
+            if b.target.kind in ("step", "flow", "payload")
+        ]
         choices = []
         for index, (title, target) in enumerate(offered):
             payload, flow, step = ir.answer_payload(self.flow, common["id"], index), None, None
@@ -219,7 +223,9 @@ class _Builder:
             )
         fields: dict[str, Any] = {
             "id": flow.name.text,
-            "title": flow.title.value if flow.title else flow.name.text.replace("_", " ").capitalize(),
+            "title": flow.title.value
+            if flow.title
+            else flow.name.text.replace("_", " ").capitalize(),
             "priority": int(flow.priority.value) if flow.priority else 0,
             "active": not flow.inactive,
             "triggers": tuple(

@@ -88,16 +88,29 @@ UNREACHABLE_CODE = DiagnosticCode(
 CALL_CYCLE = DiagnosticCode("FL207", "call-cycle", E, "flow `{flow}` ends up calling itself")
 
 # -- FL3xx: templates, expressions and patterns
-TEMPLATE_SYNTAX = DiagnosticCode("FL301", "template-syntax", E, "this text has a broken `{{{{ }}}}` part: {message}")
-EXPRESSION_SYNTAX = DiagnosticCode("FL302", "expression-syntax", E, "this expression is not valid: {message}")
-BAD_PATTERN = DiagnosticCode("FL303", "bad-pattern", E, "this pattern is not a valid regular expression: {message}")
+TEMPLATE_SYNTAX = DiagnosticCode(
+    "FL301", "template-syntax", E, "this text has a broken `{{{{ }}}}` part: {message}"
+)
+EXPRESSION_SYNTAX = DiagnosticCode(
+    "FL302", "expression-syntax", E, "this expression is not valid: {message}"
+)
+BAD_PATTERN = DiagnosticCode(
+    "FL303", "bad-pattern", E, "this pattern is not a valid regular expression: {message}"
+)
 GREETING_TOKEN = DiagnosticCode(
-    "FL304", "greeting-token", E, "a greeting can only use `{{{{user_first_name}}}}`, `{{{{user_last_name}}}}` and `{{{{user_full_name}}}}`"
+    "FL304",
+    "greeting-token",
+    E,
+    "a greeting can only use `{{{{user_first_name}}}}`, `{{{{user_last_name}}}}` and "
+    "`{{{{user_full_name}}}}`",
 )
 
 # -- FL4xx: Messenger limits
 TEXT_TOO_LONG = DiagnosticCode(
-    "FL401", "text-too-long", E, "this text can be {length} characters long; Messenger allows {limit}"
+    "FL401",
+    "text-too-long",
+    E,
+    "this text can be {length} characters long; Messenger allows {limit}",
 )
 TOO_MANY_BUTTONS = DiagnosticCode(
     "FL402", "too-many-buttons", E, "this message has {count} buttons; Messenger allows {limit}"
@@ -106,13 +119,22 @@ TOO_MANY_CARDS = DiagnosticCode(
     "FL403", "too-many-cards", E, "this carousel has {count} cards; Messenger allows {limit}"
 )
 TOO_MANY_QUICK_REPLIES = DiagnosticCode(
-    "FL404", "too-many-quick-replies", E, "this message has {count} quick replies; Messenger allows {limit}"
+    "FL404",
+    "too-many-quick-replies",
+    E,
+    "this message has {count} quick replies; Messenger allows {limit}",
 )
 TITLE_TOO_LONG = DiagnosticCode(
-    "FL405", "title-too-long", E, "this {what} title is {length} characters long; Messenger allows {limit}"
+    "FL405",
+    "title-too-long",
+    E,
+    "this {what} title is {length} characters long; Messenger allows {limit}",
 )
 PAYLOAD_TOO_LONG = DiagnosticCode(
-    "FL406", "payload-too-long", E, "this payload is {length} characters long; Messenger allows {limit}"
+    "FL406",
+    "payload-too-long",
+    E,
+    "this payload is {length} characters long; Messenger allows {limit}",
 )
 MENU_TOO_LARGE = DiagnosticCode(
     "FL407", "menu-too-large", E, "this menu has {count} items; Messenger allows {limit}"
@@ -122,7 +144,10 @@ TOO_MANY_ICE_BREAKERS = DiagnosticCode(
 )
 BAD_URL = DiagnosticCode("FL409", "bad-url", E, "{message}")
 MISSING_DEFAULT_LOCALE = DiagnosticCode(
-    "FL410", "missing-default-locale", E, "the {what} has versions for other languages but none for everyone"
+    "FL410",
+    "missing-default-locale",
+    E,
+    "the {what} has versions for other languages but none for everyone",
 )
 MENU_WITHOUT_GET_STARTED = DiagnosticCode(
     "FL411", "menu-without-get-started", E, "a persistent menu needs a Get Started button"
@@ -130,7 +155,10 @@ MENU_WITHOUT_GET_STARTED = DiagnosticCode(
 EMPTY_TEXT = DiagnosticCode("FL412", "empty-text", E, "this text is empty")
 BAD_NUMBER = DiagnosticCode("FL413", "bad-number", E, "{message}")
 TOO_MANY_DOMAINS = DiagnosticCode(
-    "FL414", "too-many-domains", E, "there are {count} whitelisted domains; Messenger allows {limit}"
+    "FL414",
+    "too-many-domains",
+    E,
+    "there are {count} whitelisted domains; Messenger allows {limit}",
 )
 
 # -- FL5xx: platform features Meta retired

@@ -230,9 +230,21 @@ class TemplateAction(_Action):
 
 
 Action = Annotated[
-    SayAction | MediaAction | CarouselAction | TypingAction | PauseAction | SetAction
-    | AskAction | IfAction | GotoAction | EndAction | CallAction | ResumeAction
-    | HandOverAction | TakeBackAction | TemplateAction,
+    SayAction
+    | MediaAction
+    | CarouselAction
+    | TypingAction
+    | PauseAction
+    | SetAction
+    | AskAction
+    | IfAction
+    | GotoAction
+    | EndAction
+    | CallAction
+    | ResumeAction
+    | HandOverAction
+    | TakeBackAction
+    | TemplateAction,
     Field(discriminator="kind"),
 ]
 
@@ -240,7 +252,9 @@ Action = Annotated[
 class Trigger(_Model):
     """What starts a flow. Interrupting triggers also fire while another flow waits."""
 
-    kind: Literal["get_started", "keyword", "postback", "quick_reply", "referral", "regex", "fallback"]
+    kind: Literal[
+        "get_started", "keyword", "postback", "quick_reply", "referral", "regex", "fallback"
+    ]
     values: tuple[str, ...] = ()
     interrupting: bool = False
     source: SourceRef

@@ -1,0 +1,1 @@
+"""The Messenger server: webhooks in, Graph API out (see issue 4)."""
