@@ -291,13 +291,20 @@ class _Builder:
         )
 
 
+def _without_source(obj: dict[str, Any]) -> dict[str, Any]:
+    obj.pop("source", None)
+    return obj
+
+
 def _strip_sources(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_sources(v) for k, v in value.items() if k != "source"}
     if isinstance(value, (list, tuple)):
         return [_strip_sources(v) for v in value]
     if isinstance(value, ir.BaseModel):
-        return _strip_sources(value.model_dump(mode="json"))
+        # pydantic writes the JSON natively and json's C decoder rebuilds it; the hook drops
+        # sources while decoding, so no Python walk over every value is needed.
+        return json.loads(value.model_dump_json(), object_hook=_without_source)
     return value
 
 

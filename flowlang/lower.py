@@ -1,13 +1,19 @@
-"""Lowering: the Lark parse tree becomes the `flowlang.ast` syntax tree, with spans.
+"""Lowering: Lark's rule reductions become the `flowlang.ast` syntax tree, with spans.
+
+`Lowering` is given to Lark as its inline `transformer=` (LALR), so no parse tree is ever built:
+each rule's callback receives the rule's children as parsed and returns an AST node. Lark is
+run with `keep_all_tokens=True` so keyword tokens arrive too: spans come from them, and they are
+dropped before the rule methods see the children (the same children Lark's tree would have).
 
 Nothing here raises for author mistakes; repeated settings are reported to the sink (FL109)
 and the first one is kept."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
-from lark import Token, Transformer, Tree, v_args
+from lark import Token
 
 from flowlang import ast, codes
 from flowlang.diagnostics import DiagnosticSink, Label
@@ -34,26 +40,63 @@ def unescape(raw: str) -> str:
     return "".join(out)
 
 
-def lower(tree: Tree[Token], source: SourceFile, sink: DiagnosticSink) -> ast.Module:
-    """Turn a parse tree into an `ast.Module`."""
-    module: ast.Module = _Lower(source, sink).transform(tree)
-    return module
+def _start_of(raw: list[Any]) -> int:
+    """Where a rule's text starts: its first token (with keep_all_tokens, rules start with one)."""
+    for child in raw:
+        if type(child) is Token:
+            return child.start_pos  # type: ignore[return-value]
+        span = getattr(child, "span", None)
+        if span is not None:
+            return span.start  # type: ignore[no-any-return]
+    return 0
 
 
-@v_args(meta=True)
-class _Lower(Transformer[Token, Any]):
-    def __init__(self, source: SourceFile, sink: DiagnosticSink) -> None:
-        super().__init__(visit_tokens=False)
+def _end_of(raw: list[Any]) -> int:
+    """Where a rule's first line ends: at its line break (a trailing comment is not part of the
+    construct), else at the end of its last child (constructs inside a line)."""
+    for child in raw:
+        if type(child) is Token and child.type == "_NL":
+            return child.start_pos  # type: ignore[return-value]
+    for child in reversed(raw):
+        if type(child) is Token:
+            if child.type not in ("_INDENT", "_DEDENT"):
+                return child.end_pos  # type: ignore[return-value]
+            continue
+        span = getattr(child, "span", None)
+        if span is not None:
+            return span.end  # type: ignore[no-any-return]
+    return _start_of(raw)
+
+
+class Lowering:
+    """The rule callbacks Lark calls while it parses (its inline `transformer=`).
+
+    One instance lives with the process's parser; `begin` binds it to the file being parsed,
+    so callers must parse one file at a time per parser (flowlang.parser holds a lock)."""
+
+    def __init__(self, kept_terminals: Collection[str], keep_all_rules: Collection[str] = ()) -> None:
+        """Install the rule callbacks. `kept_terminals` are the token types Lark keeps in a
+        tree (the grammar's named terminals); `keep_all_rules` are `!rules`, which keep all."""
+        self.source = SourceFile("<input>", "")
+        self.file = self.source.name
+        self.sink = DiagnosticSink()
+        kept = frozenset(kept_terminals)
+        for rule in RULES:
+            method = getattr(self, rule)
+            setattr(self, rule, _callback(method, kept, rule in keep_all_rules))
+
+    def begin(self, source: SourceFile, sink: DiagnosticSink) -> None:
+        """Lower the next parse into `source`'s nodes, reporting to `sink`."""
         self.source = source
         self.file = source.name
         self.sink = sink
 
     # -- helpers
-    def _span(self, meta: Any) -> Span:
+    def _span(self, raw: list[Any]) -> Span:
         """The span of a construct's first line (where carets should point)."""
         text = self.source.text
-        start = meta.start_pos
-        end = min(meta.end_pos, len(text))
+        start = _start_of(raw)
+        end = min(_end_of(raw), len(text))
         newline = text.find("\n", start, end)
         if newline != -1:
             end = newline
@@ -78,7 +121,7 @@ class _Lower(Transformer[Token, Any]):
         return ast.Expr(raw, Span(self.file, tok.start_pos, tok.start_pos + len(raw)))
 
     def _first(self, items: list[Any], kind: type, setting: str, where: str) -> Any:
-        found = [i for i in items if isinstance(i, kind)]
+        found = [i for i in items if type(i) is kind]  # exact: _ErrorMessage subclasses _Title
         for extra in found[1:]:
             self.sink.report(
                 codes.DUPLICATE_SETTING,
@@ -185,24 +228,26 @@ class _Lower(Transformer[Token, Any]):
     def button(self, meta: Any, c: list[Any]) -> ast.Button:
         return ast.Button(self._text(c[0]), c[1], self._span(meta))
 
-    def _target(self, kind: ast.TargetKind, value: Any, meta: Any, webview: str | None = None) -> ast.Target:
+    def _make_target(
+        self, kind: ast.TargetKind, value: Any, meta: Any, webview: str | None = None
+    ) -> ast.Target:
         return ast.Target(kind, value, webview, self._span(meta))
 
     def to_step(self, meta: Any, c: list[Any]) -> ast.Target:
-        return self._target("step", self._name(c[-1]), meta)
+        return self._make_target("step", self._name(c[-1]), meta)
 
     def to_flow(self, meta: Any, c: list[Any]) -> ast.Target:
-        return self._target("flow", self._name(c[0]), meta)
+        return self._make_target("flow", self._name(c[0]), meta)
 
     def to_payload(self, meta: Any, c: list[Any]) -> ast.Target:
-        return self._target("payload", self._text(c[0]), meta)
+        return self._make_target("payload", self._text(c[0]), meta)
 
     def to_url(self, meta: Any, c: list[Any]) -> ast.Target:
         webview = str(c[1]) if len(c) > 1 else None
-        return self._target("url", self._text(c[0]), meta, webview)
+        return self._make_target("url", self._text(c[0]), meta, webview)
 
     def to_phone(self, meta: Any, c: list[Any]) -> ast.Target:
-        return self._target("phone", self._text(c[0]), meta)
+        return self._make_target("phone", self._text(c[0]), meta)
 
     def quick_reply(self, meta: Any, c: list[Any]) -> ast.QuickReply:
         image = next((x for x in c[1:] if isinstance(x, _Image)), None)
@@ -289,7 +334,13 @@ class _Lower(Transformer[Token, Any]):
         return ast.Set(self._name(c[0]), self._expr(c[1]), self._span(meta))
 
     def if_block(self, meta: Any, c: list[Any]) -> ast.If:
-        branches = [ast.Branch(self._expr(c[0]), tuple(a for a in c[1:] if not isinstance(a, (ast.Branch, _Else))), self._span(meta))]
+        branches = [
+            ast.Branch(
+                self._expr(c[0]),
+                tuple(a for a in c[1:] if not isinstance(a, (ast.Branch, _Else))),
+                self._span(meta),
+            )
+        ]
         branches += [x for x in c[1:] if isinstance(x, ast.Branch)]
         else_clause = next((x for x in c[1:] if isinstance(x, _Else)), None)
         return ast.If(
@@ -548,3 +599,21 @@ class _Else(_Spanned):
     def __init__(self, body: tuple[Any, ...], span: Span) -> None:
         super().__init__(span)
         self.body = body
+
+
+#: The grammar rules Lowering has a callback for (its public methods but `begin`).
+RULES: tuple[str, ...] = tuple(
+    name for name in vars(Lowering) if not name.startswith("_") and name != "begin"
+)
+
+
+def _callback(method: Callable[[Any, list[Any]], Any], kept: frozenset[str], keep_all: bool) -> Any:
+    """Wrap a rule method: it gets the raw children (for spans) and the children Lark's tree
+    would have had (keyword and layout tokens dropped)."""
+    if keep_all:
+        return lambda raw: method(raw, raw)
+
+    def callback(raw: list[Any]) -> Any:
+        return method(raw, [c for c in raw if type(c) is not Token or c.type in kept])
+
+    return callback

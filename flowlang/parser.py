@@ -9,15 +9,17 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from lark import Lark, Token, Tree
+from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.indenter import Indenter
 
-from flowlang import codes
+from flowlang import ast, codes
 from flowlang.diagnostics import DiagnosticSink
+from flowlang.lower import RULES, Lowering
 from flowlang.source import SourceFile
 
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammar" / "flow.lark"
@@ -56,27 +58,61 @@ class FlowIndenter(Indenter):
             raise _BadIndent(token.end_pos)
 
 
+# Named terminals (`NAME: ...`) are kept in Lark's tree; keywords and `_`-names are not.
+_TERMINAL_DEF = re.compile(r"^([A-Z][A-Z0-9_]*)(?:\.-?\d+)?\s*:", re.MULTILINE)
+_KEEP_ALL_RULE = re.compile(r"^!\??([a-z][a-z0-9_]*)(?:\.-?\d+)?\s*:", re.MULTILINE)
+_LOCK = threading.Lock()
+_NO_SOURCE = SourceFile("<none>", "")
+
+
 @functools.cache
-def _parser() -> Lark:
-    return Lark(
-        GRAMMAR_PATH.read_text(encoding="utf-8"),
+def _parser_and_lowering() -> tuple[Lark, Lowering]:
+    """The one LALR parser of the process; it lowers to the AST as it parses (no parse tree)."""
+    grammar = GRAMMAR_PATH.read_text(encoding="utf-8")
+    lowering = Lowering(
+        kept_terminals=_TERMINAL_DEF.findall(grammar),
+        keep_all_rules=_KEEP_ALL_RULE.findall(grammar),
+    )
+    parser = Lark(
+        grammar,
         parser="lalr",
         lexer="contextual",
         postlex=FlowIndenter(),
-        propagate_positions=True,
+        transformer=lowering,  # type: ignore[arg-type]  # any object with rule callbacks
+        keep_all_tokens=True,  # keyword tokens give lowering its spans
+        propagate_positions=False,
         maybe_placeholders=False,
     )
+    # Lark calls `lowering.<rule>` for every rule that has such an attribute, `_rules` too.
+    names = {r.origin.name for r in parser.rules}
+    missing = {n for n in names if not n.startswith("_")} - set(RULES)
+    clashing = {n for n in names if n.startswith("_") and hasattr(lowering, n)}
+    if missing or clashing:
+        raise RuntimeError(f"Lowering does not match the grammar: {sorted(missing | clashing)}")
+    return parser, lowering
 
 
-def parse(source: SourceFile, sink: DiagnosticSink) -> Tree[Token] | None:
-    """Parse one file. On a syntax error, report it and return None."""
+def _parser() -> Lark:
+    return _parser_and_lowering()[0]
+
+
+def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Module | None:
+    """Parse and lower one file. On a syntax error, report it and return None."""
     text = source.text
     if _report_tabs(source, sink):
         return None
     if not text.endswith("\n"):
         text += "\n"
+    parser, lowering = _parser_and_lowering()
+    # Lowering reports (FL109) go in their own sink: a file with a syntax error gets only that.
+    lowered = DiagnosticSink()
     try:
-        return _parser().parse(text)
+        with _LOCK:
+            lowering.begin(source, lowered)
+            try:
+                module: ast.Module = parser.parse(text)
+            finally:
+                lowering.begin(_NO_SOURCE, DiagnosticSink())  # do not keep the text alive
     except _BadIndent as exc:
         line = source.position(exc.offset).line
         sink.report(
@@ -88,6 +124,9 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> Tree[Token] | None:
         )
     except UnexpectedInput as exc:
         _report_syntax_error(source, exc, sink)
+    else:
+        sink.diagnostics.extend(lowered.diagnostics)
+        return module
     return None
 
 
@@ -230,7 +269,11 @@ def _report_syntax_error(source: SourceFile, exc: UnexpectedInput, sink: Diagnos
     token = exc.token
     expected = _expected_by_parser(exc)
     first = str(token)[:1]
-    if token.type == "EXPR" and token.start_pos is not None and not (first.isalnum() or first in "_\"{"):
+    if (
+        token.type == "EXPR"
+        and token.start_pos is not None
+        and not (first.isalnum() or first in '_"{')
+    ):
         # The root lexer swallowed a stray character into an expression; report the character.
         _report_bad_character(source, token.start_pos, sink)
         return
@@ -317,7 +360,7 @@ def _report_bad_character(source: SourceFile, offset: int, sink: DiagnosticSink)
         )
         return
     if char in "“”„‘’":
-        message = f"`{char}` is a curly quote; texts need straight double quotes (\")"
+        message = f'`{char}` is a curly quote; texts need straight double quotes (")'
         help_text = 'replace the curly quotes around this text with "'
     elif char == "'":
         message = "texts go in double quotes (\"), not single quotes (')"

@@ -1,0 +1,153 @@
+"""Texts, expressions and patterns: broken Jinja, broken expressions, broken regular
+expressions, greeting tokens, and variables that nothing sets (FL301–FL304, FL107)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from flowlang import ast, codes
+from flowlang.checks.program import (
+    NAMESPACES,
+    Program,
+    did_you_mean,
+    templated_texts,
+    walk,
+)
+from flowlang.checks.texts import (
+    broken_block,
+    inner_span,
+    locate_in_expression,
+    locate_in_text,
+    parse_expression,
+    parse_text,
+)
+from flowlang.diagnostics import DiagnosticSink
+from flowlang.source import Span
+
+#: The only tokens Messenger replaces in a greeting.
+GREETING_TOKENS = frozenset({"user_first_name", "user_last_name", "user_full_name"})
+_GREETING_PART = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|\{\{|\{%|\{#")
+
+
+def check_templates(program: Program, sink: DiagnosticSink) -> None:
+    """Parse every templated text, expression and pattern of the program."""
+    for flow in program.flows:
+        scope = _Scope(program, sink, frozenset())
+        if flow.error_message is not None:
+            scope.text(flow.error_message)
+        for trigger in flow.triggers:
+            if trigger.kind == "regex":
+                for pattern in trigger.values:
+                    _pattern(pattern, sink)
+        for step in flow.steps:
+            scope.actions(walk(step.body))
+    for template in program.templates:
+        params = frozenset(p.text for p in template.params)
+        _Scope(program, sink, params).actions(walk(template.body))
+    for page in program.pages:
+        if page.error_message is not None:
+            _Scope(program, sink, frozenset()).text(page.error_message)
+        for greeting in page.greetings:
+            _greeting(greeting.text, sink)
+
+
+class _Scope:
+    """Checks texts where a given set of names (template parameters) is known."""
+
+    def __init__(self, program: Program, sink: DiagnosticSink, params: frozenset[str]) -> None:
+        self.sink = sink
+        self.params = params
+        self.known = program.set_vars | params | NAMESPACES
+
+    def actions(self, actions: Iterable[ast.Action]) -> None:
+        for action in actions:
+            for text in templated_texts(action):
+                self.text(text)
+            if isinstance(action, ast.Set):
+                self.expression(action.expr)
+            elif isinstance(action, ast.If):
+                for branch in action.branches:
+                    self.expression(branch.condition)
+            elif isinstance(action, ast.Ask):
+                for expect in action.expects:
+                    if expect.pattern is not None:
+                        _pattern(expect.pattern, self.sink)
+
+    def text(self, text: ast.Text) -> None:
+        parsed = parse_text(text.value)
+        if parsed.error is not None:
+            self.sink.report(
+                codes.TEMPLATE_SYNTAX,
+                broken_block(text),
+                message=parsed.error,
+                label="cannot be read",
+                help="values are written `{{ name }}`; to show `{{` as it is, write `{{ '{{' }}`",
+            )
+            return
+        for name in sorted(parsed.reads - self.known):
+            self.unknown(name, locate_in_text(text, name))
+
+    def expression(self, expr: ast.Expr) -> None:
+        parsed = parse_expression(expr.source)
+        if parsed.error is not None:
+            self.sink.report(
+                codes.EXPRESSION_SYNTAX,
+                expr.span,
+                message=parsed.error,
+                label="cannot be read",
+                help='for example: `score + 1`, `topic == "Billing"`, `lead_email and '
+                "user.first_name`",
+            )
+            return
+        for name in sorted(parsed.reads - self.known):
+            self.unknown(name, locate_in_expression(expr, name))
+
+    def unknown(self, name: str, span: Span) -> None:
+        self.sink.report(
+            codes.UNKNOWN_VARIABLE,
+            span,
+            name=name,
+            label="never set",
+            help=did_you_mean(name, self.known)
+            or f"set it first with `set {name} = …` or `ask … as {name}`",
+        )
+
+
+def _pattern(pattern: ast.Text, sink: DiagnosticSink) -> None:
+    try:
+        re.compile(pattern.value)
+    except re.error as exc:
+        position = exc.pos
+        span = pattern.span
+        if position is not None:
+            end = min(position + 1, len(pattern.value))
+            span = inner_span(pattern, position, max(end, position))
+        sink.report(
+            codes.BAD_PATTERN,
+            span,
+            message=exc.msg,
+            label="here",
+            help="check the brackets and backslashes; to match a character such as `(` or `?` "
+            "as it is, put a backslash before it",
+        )
+
+
+def _greeting(text: ast.Text, sink: DiagnosticSink) -> None:
+    for part in _GREETING_PART.finditer(text.value):
+        token = part.group(0)
+        inner = token[2:-2].strip() if len(token) > 2 else ""
+        if token[:2] == "{{" and token[2:-2] in GREETING_TOKENS:
+            continue
+        spaced = token[:2] == "{{" and inner in GREETING_TOKENS
+        sink.report(
+            codes.GREETING_TOKEN,
+            inner_span(text, part.start(), part.end()),
+            label="not a greeting token",
+            help=(
+                f"write it without spaces: `{{{{{inner}}}}}`"
+                if spaced
+                else "the greeting is shown before the conversation starts, so flow variables "
+                "and `{{ user.… }}` are not available; use `{{user_first_name}}` instead"
+            ),
+        )

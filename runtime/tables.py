@@ -1,0 +1,117 @@
+"""The database schema of the runtime, as SQLAlchemy Core tables (migrations/ creates them).
+
+Any change here needs a new Alembic revision in migrations/versions/; a test compares this
+metadata with the migrated database and fails when they drift apart."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+# Deterministic names, so later migrations can refer to constraints on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Timestamps are always UTC; SQLite keeps them as naive text, PostgreSQL as timestamptz.
+_Time = DateTime(timezone=True)
+
+#: One row per (page, user) conversation: the persisted `ConversationState`.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("page_id", String(64), primary_key=True),
+    Column("psid", String(64), primary_key=True),
+    Column("flow_id", String),
+    # Content hash of the flow version the conversation runs on (see flow_versions).
+    Column("flow_version", String),
+    Column("step", String),
+    Column("position", String),
+    Column("status", String(16), nullable=False),
+    Column("tries", Integer, nullable=False),
+    Column("handed_over", Boolean, nullable=False),
+    Column("variables", JSON, nullable=False),
+    Column("stack", JSON, nullable=False),
+    Column("state_version", Integer, nullable=False),
+    # Optimistic concurrency: a save succeeds only if the row still has the version it read.
+    Column("version", Integer, nullable=False),
+    Column("created_at", _Time, nullable=False),
+    Column("updated_at", _Time, nullable=False),
+    # Monitoring: "how many conversations wait, and since when".
+    Index(None, "status", "updated_at"),
+)
+
+#: The user profile fetched from the Graph API, for `user.*` in templates.
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("page_id", String(64), primary_key=True),
+    Column("psid", String(64), primary_key=True),
+    Column("first_name", String),
+    Column("last_name", String),
+    Column("profile_pic", Text),
+    Column("locale", String(16)),
+    # Hours from UTC; Messenger sends fractions for zones such as +5.5.
+    Column("timezone", Float),
+    Column("gender", String(16)),
+    Column("fetched_at", _Time, nullable=False),
+)
+
+#: Every deployed version of every flow: the compiled `ir.Flow` JSON, by content hash.
+flow_versions = Table(
+    "flow_versions",
+    metadata,
+    Column("content_hash", String(100), primary_key=True),
+    Column("flow_id", String, nullable=False, index=True),
+    Column("ir_version", Integer, nullable=False),
+    Column("ir", JSON, nullable=False),
+    Column("deployed_at", _Time, nullable=False),
+    # Exactly one current version per flow (or none when the flow was removed).
+    Column("is_current", Boolean, nullable=False),
+    Index(
+        "uq_flow_versions_current",
+        "flow_id",
+        unique=True,
+        sqlite_where=text("is_current"),
+        postgresql_where=text("is_current"),
+    ),
+)
+
+#: Inbound and outbound messages with their delivery status.
+message_log = Table(
+    "message_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("page_id", String(64), nullable=False),
+    Column("psid", String(64), nullable=False),
+    Column("direction", String(8), nullable=False),
+    # Messenger's message id: the dedupe key of redelivered webhooks (NULLs never collide).
+    Column("mid", String, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error_code", Integer),
+    Column("error_subcode", Integer),
+    Column("error_message", Text),
+    Column("created_at", _Time, nullable=False),
+    Column("sent_at", _Time),
+    Column("delivered_at", _Time),
+    Column("read_at", _Time),
+    Index(None, "page_id", "psid", "created_at"),
+)
