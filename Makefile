@@ -26,14 +26,16 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Checks the example flows and draws the lead-generation flow. The chat, server and emulator
-# join this target as the runtime and server land.
+# Checks the example flows, runs their transcripts, and plays the lead-generation conversation.
+# (The Messenger server and its local emulator join this target with the server issue.)
 run: $(STAMP)
 	$(BIN)/flowc check flows/
-	$(BIN)/flowc graph flows/lead_generation.flow
+	$(BIN)/flowc test flows/
+	printf 'I am interested in pricing\nAda\nada@example.com\n' | $(BIN)/flowc chat flows/ --json
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py
+	$(BIN)/python bench/runtime.py --store
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -24,28 +24,30 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import platform
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import lark  # noqa: E402
-import pydantic  # noqa: E402
-import yaml  # noqa: E402
+import lark
+import pydantic
+import yaml
 
-import flowlang.compiler  # noqa: E402
-from flowlang.build import build  # noqa: E402
-from flowlang.checks import check_program  # noqa: E402
-from flowlang.compiler import compile_source  # noqa: E402
-from flowlang.diagnostics import DiagnosticSink  # noqa: E402
-from flowlang.ir import FlowProgram  # noqa: E402
-from flowlang.parser import parse  # noqa: E402
-from flowlang.source import SourceFile  # noqa: E402
+import flowlang.compiler
+from flowlang.build import build
+from flowlang.checks import check_program
+from flowlang.compiler import compile_source
+from flowlang.diagnostics import DiagnosticSink
+from flowlang.ir import FlowProgram
+from flowlang.parser import parse
+from flowlang.source import SourceFile
 
 HAVE_LIBYAML = hasattr(yaml, "CSafeLoader")
 FAST_LOADER = yaml.CSafeLoader if HAVE_LIBYAML else yaml.SafeLoader
@@ -66,9 +68,10 @@ def _step(i: int, n: int) -> str:
     re-ask and retry cap, an ask with choices going to steps, a set, and an if/elif/else."""
     nxt = f"s{i + 1}" if i + 1 < n else "done"
     back = f"s{i - 1}" if i > 0 else "s0"
+    name = "{{ user.first_name }}"
     return f"""\
   step s{i}
-    say "Step {i}: hello {{{{ user.first_name }}}}!" or "Hi again {{{{ user.first_name }}}}, step {i}."
+    say "Step {i}: hello {name}!" or "Hi again {name}, step {i}."
       quick reply "Skip" goto {nxt}
     ask "What is your email address for request {i}?" as email_{i}
       expect an email address
@@ -181,55 +184,72 @@ def stages(text: str, runs: int = 3) -> dict[str, float]:
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def measure(
-    n: int, args: argparse.Namespace, rng: random.Random, predicted: dict[str, float]
-) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Time every variant for an `n`-step flow: ms per variant per kept round, and stages."""
+@dataclass
+class Size:
+    """One flow size: its texts, the variants to time and their times (ms per kept round)."""
+
+    n: int
+    text: str
+    yaml_text: str
+    warnings: int
+    variants: dict[str, Callable[[], object]]
+    times: dict[str, list[float]] = field(default_factory=dict)
+    slow: set[str] = field(default_factory=set)
+
+    @property
+    def steps(self) -> int:
+        """The generated steps plus `begin` and `done`."""
+        return self.n + 2
+
+
+def prepare(n: int, check_yaml: bool) -> Size:
+    """Generate the flow, compile it once and write its IR as YAML and JSON."""
     text = flow_text(n)
     result = compile_source(text, "bench.flow")
     if result.program is None:
         errors = [f"{d.code} {d.message}" for d in result.errors]
         raise SystemExit(f"the generated {n}-step flow does not compile: {errors[:5]}")
     data = result.program.model_dump(mode="json")
-    # safe_dump's output, written by libyaml when available (the pure dumper takes long).
+    # yaml.safe_dump's output, written by libyaml when available (the pure dumper is slow).
     yaml_text = yaml.dump(data, Dumper=FAST_DUMPER, sort_keys=False, allow_unicode=True)
-    json_text = json.dumps(data)
-    assert FlowProgram.model_validate(yaml.load(yaml_text, Loader=FAST_LOADER)) == result.program
-    variants = _variants(text, yaml_text, json_text)
-    slow = {name for name in variants if predicted.get(name, 0) > args.slow_ms}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_no in range(args.rounds + 1):  # round 0 is the warm-up
-        order = [
-            name
-            for name in variants
-            if name not in slow or 1 <= round_no <= args.slow_rounds
+    if check_yaml:  # the YAML holds the same program (checked once: the generator is the same)
+        assert (
+            FlowProgram.model_validate(yaml.load(yaml_text, Loader=FAST_LOADER)) == result.program
+        )
+    variants = _variants(text, yaml_text, json.dumps(data))
+    return Size(n, text, yaml_text, len(result.warnings), variants, {k: [] for k in variants})
+
+
+def run(sizes: list[Size], args: argparse.Namespace, rng: random.Random) -> None:
+    """The warm-up round (sizes in ascending order, to predict which variants are slow), then
+    the measured rounds: every size and variant in one randomised order per round, so that a
+    change in machine load hits all of them alike (the ratios are taken per round)."""
+    per_step: dict[str, float] = {}  # ms per step in the last warm-up run, to predict the next
+    for size in sizes:
+        slow = {name for name in size.variants if per_step.get(name, 0) * size.n > args.slow_ms}
+        size.slow = slow
+        warm = {name: _time(name, fn) for name, fn in size.variants.items() if name not in slow}
+        per_step = {name: ms / size.n for name, ms in warm.items()}
+    for round_no in range(1, args.rounds + 1):
+        tasks = [
+            (size, name)
+            for size in sizes
+            for name in size.variants
+            if name not in size.slow or round_no <= args.slow_rounds
         ]
-        rng.shuffle(order)
-        for name in order:
-            ms = _time(name, variants[name])
-            if round_no:
-                times[name].append(ms)
-    breakdown = stages(text)
-    slow_note = (
-        f"; {', '.join(sorted(slow))}: {args.slow_rounds} rounds, no warm-up (slow)"
-        if slow
-        else ""
-    )
-    print(
-        f"  N={n}: {len(text) / 1024:,.0f} KiB of .flow ({text.count(chr(10)):,} lines), "
-        f"{len(yaml_text) / 1024:,.0f} KiB of YAML, {len(result.warnings)} warnings{slow_note}",
-        flush=True,
-    )
-    return times, breakdown
+        rng.shuffle(tasks)
+        for size, name in tasks:
+            size.times[name].append(_time(name, size.variants[name]))
+        print(f"  round {round_no}/{args.rounds} done", flush=True)
 
 
 # ------------------------------------------------------------------ report
 
 
-def _ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, float, float, int]:
+def _ratio(a: list[float], b: list[float]) -> tuple[float, float, float, int]:
     """Median, min and max of per-round ratios a/b, over the rounds where both ran."""
-    pairs = min(len(times[a]), len(times[b]))
-    ratios = [x / y for x, y in zip(times[a][:pairs], times[b][:pairs], strict=True)]
+    pairs = min(len(a), len(b))
+    ratios = [x / y for x, y in zip(a[:pairs], b[:pairs], strict=True)]
     return statistics.median(ratios), min(ratios), max(ratios), pairs
 
 
@@ -237,23 +257,23 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(
-    results: dict[int, dict[str, list[float]]],
-    breakdowns: dict[int, dict[str, float]],
-    steps: dict[int, int],
-) -> None:
+def report(sizes: list[Size], breakdowns: dict[int, dict[str, float]]) -> None:
     """Print the tables: medians and per-step costs, stages, then ratios against targets."""
-    names = [n for n in NAMES if n in next(iter(results.values()))]
+    names = [name for name in NAMES if name in sizes[0].variants]
     width = 24
     print("\nMedian ms per run (µs per step)")
-    print(f"| {'variant':<13} |" + "|".join(f" {'N=' + format(n, ','):>{width}} " for n in results) + "|")
-    print(f"|{'-' * 15}|" + "|".join("-" * (width + 2) for _ in results) + "|")
+    header = "|".join(f" {'N=' + format(s.n, ','):>{width}} " for s in sizes)
+    print(f"| {'variant':<13} |{header}|")
+    print(f"|{'-' * 15}|" + "|".join("-" * (width + 2) for _ in sizes) + "|")
     for name in names:
         cells = []
-        for n, times in results.items():
-            med = statistics.median(times[name])
-            cells.append(f"{med:,.1f} ({med * 1000 / steps[n]:,.0f} µs)")
+        for size in sizes:
+            med = statistics.median(size.times[name])
+            rounds = f" x{len(size.times[name])}" if name in size.slow else ""
+            cells.append(f"{med:,.1f} ({med * 1000 / size.steps:,.0f} µs){rounds}")
         print(f"| {name:<13} |" + "|".join(f" {c:>{width}} " for c in cells) + "|")
+    if any(size.slow for size in sizes):
+        print("  xK: a slow variant, measured in K rounds only (see --slow-rounds)")
 
     print("\nCompile stages, median of 3 cold runs in ms (share of their sum)")
     for n, parts in breakdowns.items():
@@ -262,35 +282,30 @@ def report(
         print(f"  N={n:<6,} {shown}")
 
     print("\nRatios: median of per-round ratios [min-max] (rounds), target, verdict")
-    for n, times in results.items():
+    for size in sizes:
         checks = [("yaml-pure", MAX_VS_PURE)]
         if HAVE_LIBYAML:
             checks.append(("yaml-libyaml", MAX_VS_LIBYAML))
         for base, target in checks:
-            med, lo, hi, k = _ratio(times, "compile", base)
+            med, lo, hi, k = _ratio(size.times["compile"], size.times[base])
             print(
-                f"  N={n:<6,} compile / {base:<13} {med:5.2f} [{lo:.2f}-{hi:.2f}] ({k})"
+                f"  N={size.n:<6,} compile / {base:<13} {med:5.2f} [{lo:.2f}-{hi:.2f}] ({k})"
                 f"  <= {target:<4} {_verdict(med <= target)}"
             )
-        med, lo, hi, k = _ratio(times, "compile", "parse")
+        med, lo, hi, k = _ratio(size.times["compile"], size.times["parse"])
         print(
-            f"  N={n:<6,} compile / {'parse':<13} {med:5.2f} [{lo:.2f}-{hi:.2f}] ({k})"
-            "  (info: <= 2 means the passes after parsing cost no more than parsing)"
+            f"  N={size.n:<6,} compile / {'parse':<13} {med:5.2f} [{lo:.2f}-{hi:.2f}] ({k})"
+            "  info: <= 2 means the passes after parsing cost no more than parsing"
         )
-    sizes = sorted(results)
-    small, big = (200, 2000) if {200, 2000} <= set(results) else (sizes[-2:] + [0, 0])[:2]
-    if small and big:
-        per = {n: statistics.median(results[n]["compile"]) / steps[n] for n in (small, big)}
-        growth = per[big] / per[small]
-        # The same ratio per round: compile(big)/steps over compile(small)/steps, paired in order.
-        rounds = [
-            (b / steps[big]) / (s / steps[small])
-            for b, s in zip(results[big]["compile"], results[small]["compile"], strict=False)
-        ]
-        verdict = _verdict(growth <= MAX_PER_STEP_GROWTH) if (small, big) == (200, 2000) else "info"
+    by_n = {size.n: size for size in sizes}
+    if 200 in by_n and 2000 in by_n:
+        small, big = by_n[200], by_n[2000]
+        per_step_big = [ms / big.steps for ms in big.times["compile"]]
+        per_step_small = [ms / small.steps for ms in small.times["compile"]]
+        med, lo, hi, k = _ratio(per_step_big, per_step_small)
         print(
-            f"  per-step compile cost N={big:,} / N={small:,}: {growth:5.2f}"
-            f" [{min(rounds):.2f}-{max(rounds):.2f}]  <= {MAX_PER_STEP_GROWTH}  {verdict}"
+            f"  per-step compile cost N=2,000 / N=200  {med:5.2f} [{lo:.2f}-{hi:.2f}] ({k})"
+            f"  <= {MAX_PER_STEP_GROWTH:<4} {_verdict(med <= MAX_PER_STEP_GROWTH)}"
         )
 
 
@@ -304,11 +319,11 @@ def main() -> None:
     parser.add_argument(
         "--slow-ms",
         type=float,
-        default=4000,
-        help="a variant predicted to take longer than this per run is slow (default 4000)",
+        default=3000,
+        help="a variant predicted to take longer than this per run is slow (default 3000)",
     )
     parser.add_argument(
-        "--slow-rounds", type=int, default=3, help="measured rounds of slow variants (default 3)"
+        "--slow-rounds", type=int, default=2, help="measured rounds of slow variants (default 2)"
     )
     parser.add_argument("--seed", type=int, default=2026, help="seed for the round order")
     parser.add_argument(
@@ -319,26 +334,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.gc_as_is:
         flowlang.compiler._gc_paused = contextlib.nullcontext()  # type: ignore[assignment]
-    sizes = sorted(int(s) for s in args.sizes.split(","))
     print(
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
         f"lark {lark.__version__}, pydantic {pydantic.VERSION}, PyYAML {yaml.__version__}, "
-        f"libyaml {'yes' if HAVE_LIBYAML else 'NO (yaml-libyaml skipped)'}; "
-        f"{args.rounds} rounds + 1 warm-up, randomised order"
+        f"libyaml {'yes' if HAVE_LIBYAML else 'NO (yaml-libyaml skipped)'}, "
+        f"{os.cpu_count()} CPUs; {args.rounds} rounds + 1 warm-up, randomised order"
         + ("; compiler GC pause OFF" if args.gc_as_is else "")
     )
-    rng = random.Random(args.seed)
     started = time.perf_counter()
-    results: dict[int, dict[str, list[float]]] = {}
-    breakdowns: dict[int, dict[str, float]] = {}
-    steps: dict[int, int] = {}
-    predicted: dict[str, float] = {}
-    for n in sizes:
-        steps[n] = n + 2  # the generated steps plus `begin` and `done`
-        results[n], breakdowns[n] = measure(n, args, rng, predicted)
-        nxt = sizes[sizes.index(n) + 1] if n != sizes[-1] else n
-        predicted = {k: statistics.median(v) * nxt / n for k, v in results[n].items()}
-    report(results, breakdowns, steps)
+    numbers = sorted(int(s) for s in args.sizes.split(","))
+    sizes = [prepare(n, check_yaml=n == numbers[0]) for n in numbers]
+    for size in sizes:
+        print(
+            f"  N={size.n:,}: {len(size.text) / 1024:,.0f} KiB of .flow "
+            f"({size.text.count(chr(10)):,} lines), {len(size.yaml_text) / 1024:,.0f} KiB of YAML, "
+            f"{size.warnings} warnings",
+            flush=True,
+        )
+    run(sizes, args, random.Random(args.seed))
+    breakdowns = {size.n: stages(size.text) for size in sizes}
+    report(sizes, breakdowns)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 

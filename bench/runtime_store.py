@@ -77,7 +77,6 @@ def state_for(i: int) -> ConversationState:
             "first_name": NAMES[i % len(NAMES)],
             "lead_email": f"user{i}@example.com",
             "topic": TOPICS[i % len(TOPICS)],
-            "company": f"Company {i % 997}",
             "score": i % 7,
             "interests": ["pricing", "demo"][: 1 + i % 2],
         },

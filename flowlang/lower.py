@@ -74,7 +74,9 @@ class Lowering:
     One instance lives with the process's parser; `begin` binds it to the file being parsed,
     so callers must parse one file at a time per parser (flowlang.parser holds a lock)."""
 
-    def __init__(self, kept_terminals: Collection[str], keep_all_rules: Collection[str] = ()) -> None:
+    def __init__(
+        self, kept_terminals: Collection[str], keep_all_rules: Collection[str] = ()
+    ) -> None:
         """Install the rule callbacks. `kept_terminals` are the token types Lark keeps in a
         tree (the grammar's named terminals); `keep_all_rules` are `!rules`, which keep all."""
         self.source = SourceFile("<input>", "")

@@ -43,7 +43,7 @@ class FlowIndenter(Indenter):
     DEDENT_type = "_DEDENT"
     tab_len = 8
 
-    def handle_NL(self, token: Token) -> Iterator[Token]:  # noqa: N802 - Lark's name
+    def handle_NL(self, token: Token) -> Iterator[Token]:  # Lark's name for it
         indent_str = token.rsplit("\n", 1)[1]
         indent = len(indent_str)
         yield token
@@ -165,17 +165,26 @@ _TERMINAL_WORDS = {
     "_INDENT": "an indented line",
     "_DEDENT": "the end of the block",
     "GOTO": "`goto`",
-    "WEBVIEW": "`compact`, `tall` or `full`",
+    "WEBVIEW": "a window height (`compact`, `tall` or `full`)",
     "UNIT": "`seconds`",
     "TRIES": "`tries`",
     "INTERRUPT": "`interrupt`",
     "$END": "the end of the file",
 }
 
+# Keywords that only ever start a longer phrase are shown as the phrase.
+_PHRASES = {
+    "user": "user says", "get": "get started", "quick": "quick reply", "referral": "referral",
+    "message": "message matches", "nothing": "nothing else matches", "error": "error message",
+    "hand": "hand over", "take": "take back", "ice": "ice breakers",
+    "whitelisted": "whitelisted domains", "after": "after … tries",
+}  # fmt: skip
+
 # Words to show first when many are possible (what an author most likely meant).
 _PREFERRED = (
-    "say", "ask", "set", "if", "goto", "end", "send", "step", "when", "title", "priority",
-    "flow", "template", "page", "button", "quick", "choice", "expect", "or", "as", "with",
+    "say", "ask", "set", "if", "goto", "end", "send", "step", "when", "user says",
+    "get started", "postback", "title", "priority", "flow", "template", "page", "button",
+    "quick reply", "choice", "expect", "or", "as", "with",
 )  # fmt: skip
 
 _BLOCK_OPENERS = re.compile(
@@ -191,7 +200,8 @@ def _words_for(expected: set[str]) -> list[str]:
         if name in _TERMINAL_WORDS:
             words.append(_TERMINAL_WORDS[name])
         elif name in terminals and terminals[name].pattern.type == "str":
-            words.append(f"`{terminals[name].pattern.value}`")
+            keyword = terminals[name].pattern.value
+            words.append(f"`{_PHRASES.get(keyword, keyword)}`")
         elif not name.startswith("_"):
             words.append(name.lower())
     order = {f"`{w}`": i for i, w in enumerate(_PREFERRED)}
@@ -207,7 +217,7 @@ def _keywords_for(expected: set[str]) -> list[str]:
     ]
 
 
-def _join(words: list[str], limit: int = 6) -> str:
+def _join(words: list[str], limit: int = 8) -> str:
     if len(words) > limit:
         words = [*words[:limit], "…"]
         return ", ".join(words)
@@ -304,16 +314,25 @@ def _report_syntax_error(source: SourceFile, exc: UnexpectedInput, sink: Diagnos
         )
         return
     if "_INDENT" in expected and len(expected) <= 2:
-        opener = _previous_content_line(source, line)
+        # A layout token sits at the end of the line that opened the block; any other token is
+        # on a later line.
+        if token.type in ("_DEDENT", "_NL"):
+            opener = source.position(token.start_pos).line
+        else:
+            opener = _previous_content_line(source, line)
         sink.report(
             codes.UNEXPECTED_END,
             source.line_span(opener),
-            message=f"`{source.line_text(opener).strip()}` needs indented lines below it",
+            message=f"`{_code_of(source.line_text(opener))}` needs indented lines below it",
             label="this block is empty",
             help="add at least one line below it, indented 2 spaces more",
         )
         return
     found, first_word = _describe_found(token)
+    if token.type not in ("_NL", "_DEDENT", "_INDENT") and len(expected) > 1:
+        line_start = source.line_starts[line - 1]
+        if not text[line_start:offset].strip():
+            expected = expected - {"_NL"}  # "the end of the line" means nothing at its start
     if token.type in ("_NL",):
         span = source.span(token.start_pos, token.start_pos)
     else:
@@ -325,6 +344,11 @@ def _report_syntax_error(source: SourceFile, exc: UnexpectedInput, sink: Diagnos
         close = difflib.get_close_matches(first_word.lower(), _keywords_for(expected), n=1)
         if close:
             help_text = f"did you mean `{close[0]}`?"
+        elif expected <= {"_NL", "_DEDENT"}:
+            help_text = (
+                f"this line is complete before `{first_word}`: remove it, or if it starts "
+                "something new, put it on a line of its own"
+            )
     sink.report(
         codes.SYNTAX,
         span,
@@ -336,13 +360,24 @@ def _report_syntax_error(source: SourceFile, exc: UnexpectedInput, sink: Diagnos
 
 
 def _expected_by_parser(exc: UnexpectedToken) -> set[str]:
-    """What the parser could take next. When the contextual lexer fails, Lark reports what the
-    lexer allowed, which misses layout tokens such as _INDENT; the parse table knows them all."""
+    """The terminals the parser would accept next, exactly. Lark's `expected` is what the
+    contextual lexer allowed (missing layout tokens such as _INDENT), and a parse-table row
+    also holds rule names and, as LALR merges states, terminals that are only valid in other
+    places (`as` after `say "Hi"`); trying each terminal on a copy of the parser settles it."""
+    interactive = getattr(exc, "interactive_parser", None)
+    if interactive is not None:
+        try:
+            accepted: set[str] = interactive.accepts()
+        except Exception:  # an unexpected parser state: fall back on the table below
+            accepted = set()
+        if accepted:
+            return accepted
     state = getattr(exc, "state", None)
     try:
-        return set(state.parse_conf.parse_table.states[state.position].keys())  # type: ignore[union-attr]
+        row = state.parse_conf.parse_table.states[state.position]  # type: ignore[union-attr]
     except AttributeError:
         return set(exc.expected)
+    return {name for name in row if name.isupper()}  # terminals; rule names are lowercase
 
 
 def _report_bad_character(source: SourceFile, offset: int, sink: DiagnosticSink) -> None:
@@ -395,6 +430,17 @@ def _next_content(text: str, offset: int) -> int:
         else:
             return offset
     return min(offset, max(0, n - 1))
+
+
+def _code_of(line: str) -> str:
+    """A line without its indentation and trailing comment (a `#` inside a text stays)."""
+    in_text = False
+    for i, ch in enumerate(line):
+        if ch == '"' and (i == 0 or line[i - 1] != "\\"):
+            in_text = not in_text
+        elif ch == "#" and not in_text:
+            return line[:i].strip()
+    return line.strip()
 
 
 def _previous_content_line(source: SourceFile, line: int) -> int:

@@ -48,12 +48,32 @@ def _read_line(prompt: str) -> str | None:
     is_flag=True,
     help="With --json, also print typing indicators and hand-over requests.",
 )
-@click.option("--first-name", default=DEFAULT_PROFILE["first_name"], show_default=True)
-@click.option("--last-name", default=DEFAULT_PROFILE["last_name"], show_default=True)
-@click.option("--locale", default=DEFAULT_PROFILE["locale"], show_default=True)
-@click.option("--timezone", default=DEFAULT_PROFILE["timezone"], type=float, show_default=True)
-@click.option("--gender", default=DEFAULT_PROFILE["gender"])
-@click.option("--profile-pic", default=DEFAULT_PROFILE["profile_pic"])
+@click.option(
+    "--first-name",
+    default=DEFAULT_PROFILE["first_name"],
+    show_default=True,
+    help="The user's first name, {{ user.first_name }} in texts.",
+)
+@click.option(
+    "--last-name",
+    default=DEFAULT_PROFILE["last_name"],
+    show_default=True,
+    help="{{ user.last_name }}.",
+)
+@click.option(
+    "--locale", default=DEFAULT_PROFILE["locale"], show_default=True, help="{{ user.locale }}."
+)
+@click.option(
+    "--timezone",
+    default=DEFAULT_PROFILE["timezone"],
+    type=float,
+    show_default=True,
+    help="{{ user.timezone }}: hours from UTC.",
+)
+@click.option("--gender", default=DEFAULT_PROFILE["gender"], help="{{ user.gender }}.")
+@click.option(
+    "--profile-pic", default=DEFAULT_PROFILE["profile_pic"], help="{{ user.profile_pic }}."
+)
 @click.option(
     "--email",
     default=DEFAULT_EMAIL,

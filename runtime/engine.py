@@ -29,7 +29,10 @@ MAX_STACK_DEPTH = 32
 PROFILE_FIELDS = ("first_name", "last_name", "profile_pic", "locale", "timezone", "gender")
 
 _RNG = random.Random()
+#: Builds a TraceEntry without the Python-level NamedTuple constructor (it runs every turn).
+_entry = tuple.__new__
 _BLANK_USER = dict.fromkeys(PROFILE_FIELDS, "")
+_SPACES = frozenset(("user", "message", "page"))
 #: Cache marker: this action's message depends on the context and is rendered every time.
 _DYNAMIC: Any = object()
 
@@ -37,7 +40,8 @@ _DYNAMIC: Any = object()
 @dataclass(frozen=True, slots=True)
 class RuntimeFault:
     """Something went wrong while running a flow: which flow and step, where in the `.flow`
-    source (`file:line`), and why. The user got the error message instead."""
+    source (`file:line`), and why. The user got the error message instead (except for a
+    conversation whose flow version is gone: that one is logged and starts afresh)."""
 
     flow_id: str | None
     step: str | None
@@ -206,7 +210,11 @@ def _button(button: ir.Button, render: Any) -> dict[str, Any]:
         if button.webview_height_ratio:
             body["webview_height_ratio"] = button.webview_height_ratio
         return body
-    return {"type": button.type, "title": render(button.title), "payload": render(button.payload)}
+    return {
+        "type": button.type,
+        "title": render(button.title),
+        "payload": render(button.payload or ""),
+    }
 
 
 def _card(card: ir.Card, render: Any) -> dict[str, Any]:
@@ -263,23 +271,12 @@ def _out(
 class _Run:
     """The working area of one turn: a private copy of the state, the outbox and the trace."""
 
-    __slots__ = (
-        "_ctx",
-        "_step",
-        "_where",
-        "budget",
-        "event",
-        "faults",
-        "fi",
-        "outbox",
-        "page",
-        "profile",
-        "program",
-        "renderer",
-        "rng",
-        "st",
-        "trace",
-    )
+    # Rarely changed fields are class-level defaults: a turn only pays for what it uses.
+    fi: FlowIndex | None = None
+    budget = 200
+    _ctx: dict[str, Any] | None = None
+    _step: tuple[FlowIndex, str] | None = None  # (flow, step) last traced
+    _where: str | None = None  # `file:line` of the template action being sent
 
     def __init__(
         self,
@@ -301,16 +298,12 @@ class _Run:
         self.outbox: list[Outbound] = []
         self.faults: list[RuntimeFault] = []
         self.trace: list[TraceEntry] = []
-        self.fi: FlowIndex | None = None
-        self.budget = 200
-        self._ctx: dict[str, Any] | None = None
-        self._step: tuple[FlowIndex, str] | None = None  # (flow, step) last traced
-        self._where: str | None = None  # `file:line` of the template action being sent
 
     # -- bookkeeping
     def note(self, kind: str, detail: str = "", step: str | None = None) -> None:
         fi = self.fi
-        self.trace.append(TraceEntry(kind, fi.id if fi else None, step or self.st.step, detail))
+        entry = (kind, fi.id if fi else None, step or self.st.step, detail)
+        self.trace.append(_entry(TraceEntry, entry))
 
     def fault(self, reason: str, aid: str | None = None, where: str | None = None) -> RuntimeFault:
         fi, st = self.fi, self.st
@@ -346,12 +339,12 @@ class _Run:
         ctx = self._ctx
         if ctx is None:
             st, event, profile = self.st, self.event, self.profile
-            user = {**_BLANK_USER, "id": st.psid}
             if profile:
-                user.update(profile)
+                user = {**_BLANK_USER, **profile, "id": st.psid}
                 if None in user.values():
                     user = {k: "" if v is None else v for k, v in user.items()}
-            page = {"id": st.page_id, **self.page} if self.page else {"id": st.page_id}
+            else:
+                user = {**_BLANK_USER, "id": st.psid}
             ctx = self._ctx = dict(st.variables)
             ctx["user"] = user
             ctx["message"] = {
@@ -359,9 +352,9 @@ class _Run:
                 "payload": event.payload,
                 "ref": event.ref,
                 "kind": event.kind,
-                "attachments": [dict(a) for a in event.attachments] if event.attachments else [],
+                "attachments": [dict(a) for a in event.attachments],
             }
-            ctx["page"] = page
+            ctx["page"] = {"id": st.page_id, **self.page} if self.page else {"id": st.page_id}
         return ctx
 
     def set_var(self, name: str, value: Any) -> None:
@@ -373,8 +366,14 @@ class _Run:
     def render(self, text: str, aid: str | None, ctx: Mapping[str, Any] | None = None) -> str:
         if "{" not in text:
             return text
+        renderer = self.renderer
+        if ctx is None:
+            # A text that reads only variables renders against them directly: building the
+            # user/message/page namespaces is most of the cost of a short text.
+            names = renderer.names(text)
+            ctx = self.st.variables if names is not None and names.isdisjoint(_SPACES) else self.ctx
         try:
-            return self.renderer.render(text, self.ctx if ctx is None else ctx)
+            return renderer.render(text, ctx)
         except TemplateError as exc:
             raise _Fault(self.fault(exc.reason, aid, self._where)) from None
 
@@ -465,7 +464,7 @@ class _Run:
         triggers = self.program.triggers
         if pending is not None:
             fi, ask = pending
-            if text and triggers.interrupting_text and find_choice(ask, text, None) is None:
+            if text and triggers.has_interrupting_text and find_choice(ask, text, None) is None:
                 hit = triggers.by_text(text, interrupting_only=True)
                 if hit is not None:
                     self.start_hit(hit, pending)
@@ -502,7 +501,7 @@ class _Run:
             self.note("lost", detail=reason)
             self.go_idle()
             return None
-        self.enter(fi)
+        self.fi = fi  # the state already names this flow and version
         return fi, ask
 
     # -- starting flows
@@ -510,7 +509,7 @@ class _Run:
         fi = self.program.current(hit.flow_id)
         if fi is None:  # cannot happen with a view built from one program
             raise _Fault(self.fault(f"no flow named `{hit.flow_id}`"))
-        self.trace.append(TraceEntry("trigger", hit.flow_id, None, f"{hit.kind} {hit.value!r}"))
+        self.trace.append(_entry(TraceEntry, ("trigger", hit.flow_id, None, hit.kind)))
         st = self.st
         if pending is not None and hit.interrupting and hit.flow_id != st.flow_id:
             self.push(
@@ -535,7 +534,7 @@ class _Run:
         st.tries = 0
         st.status = "running"
         st.position = None
-        self.trace.append(TraceEntry("start", fi.id, step or fi.flow.entry, fi.version))
+        self.trace.append(_entry(TraceEntry, ("start", fi.id, step or fi.flow.entry, fi.version)))
         self.run(fi.start_of(step))
 
     def fallback(self) -> None:
@@ -582,7 +581,7 @@ class _Run:
         except Exception as exc:  # e.g. a broken `expect pattern`
             raise _Fault(self.fault(f"cannot check the answer: {exc}", ask.id)) from None
         if verdict.ok:
-            self.note("answer", detail=repr(verdict.value))
+            self.trace.append(_entry(TraceEntry, ("answer", fi.id, st.step, repr(verdict.value))))
             if ask.var:
                 self.set_var(ask.var, verdict.value)
             st.tries = 0
@@ -695,7 +694,7 @@ class _Run:
             if last is None or last[1] != step or last[0] is not fi:
                 self._step = (fi, step)
                 st.step = step
-                self.trace.append(TraceEntry("step", fi.id, step))
+                self.trace.append(_entry(TraceEntry, ("step", fi.id, step, "")))
             kind = action.kind
             if kind == "say":
                 self.say(fi, action)
@@ -704,7 +703,7 @@ class _Run:
                 st.status = "waiting"
                 st.tries = 0
                 self.send_question(fi, action, reask=False)
-                self.note("wait", detail=aid)
+                self.trace.append(_entry(TraceEntry, ("wait", fi.id, step, aid)))
                 return
             elif kind == "if":
                 firsts, otherwise = fi.branches[aid]
@@ -825,11 +824,14 @@ class _Run:
         """Send a text or button template. The parts without `{` are built once per action
         (its "plan"); only the parts that hold a template are rendered per turn."""
         aid = action.id
-        plan = fi.cache.get(aid) if ctx is None else None
+        if ctx is None:
+            cache, key = fi.cache, aid
+        else:  # a template's line: cached program-wide, by the action itself
+            cache, key = self.program.cache, id(action)
+        plan = cache.get(key)
         if plan is None:
-            plan = self._say_plan(fi, action)
-            if ctx is None:
-                fi.cache[aid] = plan
+            where = fi.where.get(aid) if ctx is None else self._where
+            plan = cache[key] = self._say_plan(action, where)
         if plan.__class__ is Outbound:
             self.outbox.append(plan)
             return
@@ -848,10 +850,10 @@ class _Run:
             body = _text_message(text, buttons, quick_replies)
         else:
             body = {"text": text}
-        self.outbox.append(_out("message", body, action.tag, self._where or where))
+        self.outbox.append(_out("message", body, action.tag, where))
 
-    def _say_plan(self, fi: FlowIndex, action: ir.SayAction) -> Any:
-        where = fi.where.get(action.id)
+    @staticmethod
+    def _say_plan(action: ir.SayAction, where: str | None) -> Any:
         buttons = quick_replies = None
         if not any(_has_template(b.model_dump()) for b in action.buttons):
             buttons = [_button(b, _literal) for b in action.buttons]
@@ -869,12 +871,14 @@ class _Run:
     ) -> None:
         """media, carousel, typing and pause: built once when they hold no template."""
         aid = action.id
-        cache = fi.cache if fi is not None and ctx is None else None
-        cached = cache.get(aid) if cache is not None else _DYNAMIC
+        if ctx is None and fi is not None:
+            cache, key, where = fi.cache, aid, fi.where.get(aid)
+        else:  # a template's line: cached program-wide, by the action itself
+            cache, key, where = self.program.cache, id(action), self._where
+        cached = cache.get(key)
         if cached is not None and cached is not _DYNAMIC:
             self.outbox.extend(cached)
             return
-        where = self._where or (fi.where[aid] if fi is not None else None)
 
         def render(text: str) -> str:
             return self.render(text, aid, ctx)
@@ -910,8 +914,8 @@ class _Run:
             items = [Outbound("pause", seconds=float(action.seconds), source=where)]
         else:
             raise _Fault(self.fault(f"unknown action kind {kind!r}", aid))
-        if cache is not None and cached is None:
-            cache[aid] = _DYNAMIC if _has_template(action.model_dump()) else items
+        if cached is None:
+            cache[key] = _DYNAMIC if _has_template(action.model_dump()) else items
         self.outbox.extend(items)
 
     def use_template(self, fi: FlowIndex, action: ir.TemplateAction, aid: str) -> None:

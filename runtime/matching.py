@@ -108,11 +108,17 @@ class _TextIndex:
 
     def match(self, text: str) -> TriggerHit | None:
         best: TriggerHit | None = None
-        if self.keywords:
+        keywords = self.keywords
+        if keywords:
             said = words(text)
             for i, word in enumerate(said):
-                for key, hit in self.keywords.get(word, ()):
-                    if said[i : i + len(key)] == key and (best is None or hit.rank < best.rank):
+                entries = keywords.get(word)
+                if entries is None:
+                    continue
+                for key, hit in entries:
+                    if (len(key) == 1 or said[i : i + len(key)] == key) and (
+                        best is None or hit.rank < best.rank
+                    ):
                         best = hit
         if self.regexes:
             stripped = text.strip()
@@ -145,6 +151,8 @@ class TriggerIndex:
                     self._add(hit, text_all)
         self.text = _TextIndex(text_all)
         self.interrupting_text = _TextIndex((hit, key) for hit, key in text_all if hit.interrupting)
+        #: Whether any trigger can interrupt a waiting flow by text (checked on every answer).
+        self.has_interrupting_text = bool(self.interrupting_text)
 
     def _add(self, hit: TriggerHit, text: list[tuple[TriggerHit, Any]]) -> None:
         kind, value = hit.kind, hit.value

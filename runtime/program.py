@@ -149,6 +149,8 @@ class ProgramView:
         }
         self._current = self.flows
         self._old: dict[tuple[str, str], FlowIndex | None] = {}
+        #: Values the engine computes once for template lines (prebuilt static messages).
+        self.cache: dict[Any, Any] = {}
 
     def current(self, flow_id: str) -> FlowIndex | None:
         """The current version of a flow (None when the program has no such flow)."""

@@ -13,14 +13,28 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import pydantic
-from sqlalchemy import Engine, and_, bindparam, exc, false, func, or_, select, true, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    event,
+    exc,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from flowlang import ir
@@ -482,6 +496,8 @@ _REFRESH_FLOW = (
     .where(_FV.c.content_hash == bindparam("hash"))
     .values(ir=bindparam("new_ir", type_=_FV.c.ir.type))
 )
+# Any constant works; this one spells "Flow" in ASCII.
+_DEPLOY_LOCK = select(func.pg_advisory_xact_lock(0x466C6F77))
 _CLEAR_CURRENT = update(_FV).where(_FV.c.is_current == true()).values(is_current=false())
 _SET_CURRENT = (
     update(_FV)
@@ -519,10 +535,12 @@ _OUTBOUND_OF = and_(
     _MC.direction == "outbound",
 )
 _SENT_BY = _MC.sent_at <= bindparam("watermark", type_=_TIME)
+_UNACKNOWLEDGED = text(tables.UNACKNOWLEDGED)  # selects the partial index
 _MARK_DELIVERED = (
     update(_M)
     .where(
         _OUTBOUND_OF,
+        _UNACKNOWLEDGED,
         _MC.status == "sent",
         or_(_SENT_BY, _MC.mid.in_(bindparam("mids", expanding=True))),
     )
@@ -530,7 +548,7 @@ _MARK_DELIVERED = (
 )
 _MARK_READ = (
     update(_M)
-    .where(_OUTBOUND_OF, _MC.status.in_(("sent", "delivered")), _SENT_BY)
+    .where(_OUTBOUND_OF, _UNACKNOWLEDGED, _SENT_BY)
     .values(
         status="read",
         read_at=bindparam("now", type_=_TIME),
@@ -574,15 +592,27 @@ class SqlStore:
     """The contract on SQLite or PostgreSQL. Use an engine from `runtime.db.create_engine_for`
     (its JSON serializer and SQLite pragmas are part of the behaviour) on a migrated database.
 
-    Single-statement operations run in autocommit mode: one round trip each, and a statement
-    is atomic on its own. `deploy` runs in one transaction."""
+    Each operation is one statement, atomic on its own: on PostgreSQL it runs in autocommit
+    mode (one round trip), on SQLite in a transaction of its own. `deploy` runs in one
+    transaction."""
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect.name
         if dialect not in _INSERT:
             raise db.DbError(f"Flowlang supports SQLite and PostgreSQL, not {dialect}")
         self.engine = engine
-        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._postgres = dialect == "postgresql"
+        self._read: Callable[[], AbstractContextManager[Connection]]
+        self._write: Callable[[], AbstractContextManager[Connection]]
+        if dialect == "sqlite":
+            # pysqlite opens a transaction only before a write: a plain connection reads
+            # without one, and `begin()` makes each write one short transaction. (AUTOCOMMIT
+            # would cost two PRAGMAs per checkout, ~50 µs.)
+            self._read, self._write = engine.connect, engine.begin
+        else:
+            # One round trip per statement instead of BEGIN, statement, COMMIT.
+            auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._read = self._write = auto.connect
         self._insert = _INSERT[dialect]
         self._save_contact = _SAVE_CONTACT[dialect]
         self._insert_flow = _INSERT_FLOW[dialect]
@@ -605,7 +635,7 @@ class SqlStore:
 
     def load(self, page_id: str, psid: str) -> ConversationState | None:
         """See `ConversationStore.load`."""
-        with self._auto.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(_LOAD, {"page_id": page_id, "psid": psid}).first()
         if row is None:
             return None
@@ -640,7 +670,7 @@ class SqlStore:
             "stack": [asdict(frame) for frame in state.stack],
             "state_version": state.state_version,
         }
-        with _json_errors("conversation state"), self._auto.connect() as conn:
+        with _json_errors("conversation state"), self._write() as conn:
             if state.version == 0:
                 values.update(
                     page_id=state.page_id,
@@ -671,6 +701,9 @@ class SqlStore:
         hashes = [f.content_hash for f in flows]
         now = _now()
         with self.engine.begin() as conn:
+            if self._postgres:
+                # Two deploys at once would each clear the other's "current" marks.
+                conn.execute(_DEPLOY_LOCK)
             known = set(conn.execute(_KNOWN, {"hashes": hashes}).scalars())
             new = [f for f in flows if f.content_hash not in known]
             old = [f for f in flows if f.content_hash in known]
@@ -700,7 +733,7 @@ class SqlStore:
         """See `FlowVersionStore.flow_version`. Versions are immutable, so they are cached."""
         flow = self._flows.get(content_hash)
         if flow is None:
-            with self._auto.connect() as conn:
+            with self._read() as conn:
                 row = conn.execute(_FLOW_VERSION, {"hash": content_hash}).first()
             if row is None:
                 return None
@@ -715,14 +748,14 @@ class SqlStore:
 
     def current_versions(self) -> dict[str, str]:
         """See `FlowVersionStore.current_versions`."""
-        with self._auto.connect() as conn:
+        with self._read() as conn:
             return {row.flow_id: row.content_hash for row in conn.execute(_CURRENT)}
 
     # contacts
 
     def get_contact(self, page_id: str, psid: str) -> Contact | None:
         """See `ContactStore.get_contact`."""
-        with self._auto.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(_GET_CONTACT, {"page_id": page_id, "psid": psid}).first()
         if row is None:
             return None
@@ -732,7 +765,7 @@ class SqlStore:
         """See `ContactStore.save_contact`."""
         values = asdict(contact)
         values["fetched_at"] = _utc(contact.fetched_at) or _now()
-        with self._auto.connect() as conn:
+        with self._write() as conn:
             conn.execute(self._save_contact, values)
 
     # message log
@@ -770,7 +803,7 @@ class SqlStore:
             "status": status,
             "created_at": _now(),
         }
-        with _json_errors("message body"), self._auto.connect() as conn:
+        with _json_errors("message body"), self._write() as conn:
             return conn.execute(statement, values).scalar()
 
     def set_status(
@@ -794,7 +827,7 @@ class SqlStore:
             new_error_subcode=error_subcode,
             new_error_message=error_message,
         )
-        with self._auto.connect() as conn:
+        with self._write() as conn:
             conn.execute(_SET_STATUS, params)
 
     def mark_delivered(
@@ -808,7 +841,7 @@ class SqlStore:
             "mids": list(mids),
             "now": _now(),
         }
-        with self._auto.connect() as conn:
+        with self._write() as conn:
             return conn.execute(_MARK_DELIVERED, params).rowcount
 
     def mark_read(self, page_id: str, psid: str, watermark: int) -> int:
@@ -819,12 +852,12 @@ class SqlStore:
             "watermark": watermark_time(watermark),
             "now": _now(),
         }
-        with self._auto.connect() as conn:
+        with self._write() as conn:
             return conn.execute(_MARK_READ, params).rowcount
 
     def messages(self, page_id: str, psid: str, limit: int = 100) -> list[LoggedMessage]:
         """See `MessageLogStore.messages`."""
-        with self._auto.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(_MESSAGES, {"page_id": page_id, "psid": psid, "limit": limit})
             found = [_logged_message(row._asdict()) for row in rows]
         return found[::-1]
@@ -832,31 +865,39 @@ class SqlStore:
     # operations
 
     def query_plans(self) -> dict[str, str]:
-        """The database's plan for each hot query (load, save), to check that they use the
-        primary key and never scan the table."""
+        """The database's plan for each hot statement, to check that each one seeks an index
+        (the primary key, or the unacknowledged-messages index) and none scans a table."""
+        when = datetime(2026, 1, 1, tzinfo=UTC)
+        key = {"key_page_id": "p", "key_psid": "u"}
         probes = {
             "load": (_LOAD, {"page_id": "p", "psid": "u"}),
             "save": (
                 _UPDATE,
                 {f"new_{name}": None for name in _STATE_COLUMNS}
-                | {
-                    "key_page_id": "p",
-                    "key_psid": "u",
-                    "expected_version": 1,
-                    "new_updated_at": _now(),
-                },
+                | key
+                | {"expected_version": 1, "new_updated_at": when},
             ),
+            "mark_delivered": (
+                _MARK_DELIVERED,
+                key | {"watermark": when, "mids": ["m"], "now": when},
+            ),
+            "mark_read": (_MARK_READ, key | {"watermark": when, "now": when}),
         }
-        sqlite_dialect = self.engine.dialect.name == "sqlite"
-        prefix = "EXPLAIN QUERY PLAN " if sqlite_dialect else "EXPLAIN "
+        prefix = "EXPLAIN QUERY PLAN " if self.engine.dialect.name == "sqlite" else "EXPLAIN "
+        found: list[list[Any]] = []
+
+        def explain(*args: Any) -> tuple[str, Any]:
+            return prefix + args[2], args[3]  # the statement SQLAlchemy built, and its params
+
+        def fetch(*args: Any) -> None:
+            found.append(args[1].fetchall())  # the plan, before SQLAlchemy closes the cursor
+
         plans = {}
         with self.engine.connect() as conn:
+            event.listen(conn, "before_cursor_execute", explain, retval=True)
+            event.listen(conn, "after_cursor_execute", fetch)
             for name, (statement, params) in probes.items():
-                compiled = statement.compile(dialect=self.engine.dialect)
-                sql = prefix + str(compiled)
-                args = compiled.construct_params(params)
-                positional = [args[key] for key in compiled.positiontup or ()]
-                rows = conn.exec_driver_sql(sql, tuple(positional) if positional else args)
-                plans[name] = "\n".join(str(row[-1]) for row in rows)
+                conn.execute(statement, params)
+                plans[name] = "\n".join(str(row[-1]) for row in found.pop())
             conn.rollback()
         return plans

@@ -93,6 +93,10 @@ flow_versions = Table(
     ),
 )
 
+#: Outbound messages still waiting for a delivery or read receipt. A literal predicate, so that
+#: SQLite (which does not reason about bound parameters) can match it to the partial index.
+UNACKNOWLEDGED = "status IN ('sent', 'delivered')"
+
 #: Inbound and outbound messages with their delivery status.
 message_log = Table(
     "message_log",
@@ -114,4 +118,12 @@ message_log = Table(
     Column("delivered_at", _Time),
     Column("read_at", _Time),
     Index(None, "page_id", "psid", "created_at"),
+    # Receipts touch only these rows, however long a conversation's history grows.
+    Index(
+        "ix_message_log_unacknowledged",
+        "page_id",
+        "psid",
+        sqlite_where=text(UNACKNOWLEDGED),
+        postgresql_where=text(UNACKNOWLEDGED),
+    ),
 )

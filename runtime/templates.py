@@ -13,7 +13,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.environment import Template
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
@@ -74,11 +74,12 @@ _Part = str | tuple[str] | tuple[str, str]
 
 
 class _Compiled:
-    __slots__ = ("parts", "source", "template")
+    __slots__ = ("names", "parts", "source", "template")
 
-    def __init__(self, source: str, parts: tuple[_Part, ...] | None) -> None:
+    def __init__(self, source: str, parts: tuple[_Part, ...] | None, names: frozenset[str]) -> None:
         self.source = source
         self.parts = parts
+        self.names = names
         self.template: Template | None = None
 
 
@@ -118,9 +119,24 @@ class Renderer:
             tree = self.env.parse(source)
         except TemplateSyntaxError as exc:
             raise TemplateError(_reason(exc)) from None
-        compiled = _Compiled(source, _simple_parts(tree))
+        names = frozenset(meta.find_undeclared_variables(tree))
+        compiled = _Compiled(source, _simple_parts(tree), names)
         self._texts[source] = compiled
         return compiled
+
+    def names(self, source: str) -> frozenset[str] | None:
+        """The top-level names a text reads (variables, namespaces, Jinja globals), so a
+        caller can leave out context entries nobody reads. None for a text with a syntax
+        error (rendering it reports the error)."""
+        if "{" not in source:
+            return frozenset()
+        compiled = self._texts.get(source)
+        if compiled is None:
+            try:
+                compiled = self._compile(source)
+            except TemplateError:
+                return None
+        return compiled.names
 
     @staticmethod
     def _fast(parts: tuple[_Part, ...], context: Mapping[str, Any]) -> str | None:

@@ -19,6 +19,7 @@ from flowlang.compiler import CompileResult
 from flowlang.diagnostics import Diagnostic, Label, Severity
 from flowlang.ir import PAGE_INBOX_APP_ID, FlowProgram
 from flowlang.load import compile_paths
+from flowlang.render import to_json
 from flowlang.source import SourceFile
 from runtime.chat import DEFAULT_PROFILE as CHAT_PROFILE
 from runtime.engine import advance, take_back
@@ -30,6 +31,7 @@ from runtime.transcript import (
     Check,
     Expectation,
     ExpectMessage,
+    ExpectReply,
     ExpectStatus,
     Transcript,
     TranscriptError,
@@ -167,8 +169,6 @@ class TestReport:
     def to_dict(self) -> dict[str, Any]:
         """The `flowc test --format json` object (documented in docs/testing.md)."""
         sources = dict(self.compile.sources) if self.compile is not None else {}
-        from flowlang.render import to_json
-
         return {
             "ok": self.ok,
             "summary": {
@@ -487,16 +487,18 @@ def render_input(item: UserInput) -> str:
 # ---------------------------------------------------------------------------- comparing
 
 
+def _reply_keys(replies: Iterable[ExpectReply | SentReply]) -> list[tuple[str, str | None]]:
+    # Messenger's email and phone quick replies have no title: only their kind counts.
+    return [(q.content_type, q.title if q.content_type == "text" else None) for q in replies]
+
+
 def matches(expected: ExpectMessage, sent: Sent) -> bool:
     """True when `sent` is what `expected` describes (details not written are not checked)."""
     if expected.kind != sent.kind:
         return False
-    if expected.quick_replies is not None and [
-        (q.content_type, q.title if q.content_type == "text" else None)
-        for q in expected.quick_replies
-    ] != [
-        (q.content_type, q.title if q.content_type == "text" else None) for q in sent.quick_replies
-    ]:
+    if expected.quick_replies is not None and _reply_keys(expected.quick_replies) != _reply_keys(
+        sent.quick_replies
+    ):
         return False
     if expected.kind == "text":
         text = sent.text or ""
@@ -647,7 +649,8 @@ class _Screen:
     def show(self, sent: Sequence[Sent]) -> None:
         # Messenger hides quick replies as soon as the user does anything; only the newest
         # message's quick replies are shown. Buttons stay in the conversation.
-        self.quick_replies = sent[-1].quick_replies if sent else ()
+        messages = [item for item in sent if item.kind not in ("hand_over", "take_back")]
+        self.quick_replies = messages[-1].quick_replies if messages else ()
         for item in sent:
             self.buttons.extend(item.buttons)
             for card in item.cards:

@@ -515,6 +515,7 @@ class _Line:
     indent: int
     text: str
     tokens: list[_Token]
+    error: _LineError | None = None  # the line could not even be split into words
 
 
 @dataclass
@@ -567,7 +568,7 @@ class _Parser:
             try:
                 tokens = _tokenize(text)
             except _LineError as err:
-                self.error(number, err)
+                yield _Line(number, len(indent_text), text, [], err)
                 continue
             if tokens:
                 yield _Line(number, len(indent_text), text, tokens)
@@ -578,6 +579,8 @@ class _Parser:
             while stack and line.indent <= stack[-1].indent:
                 self.close(stack.pop(), stack)
             try:
+                if line.error is not None:
+                    raise line.error
                 self.parse_line(line, stack)
             except _LineError as err:
                 self.error(line.number, err)
@@ -803,6 +806,18 @@ class _Parser:
         """Fold a finished block's details into the item it belongs to."""
         data = block.data
         if block.kind == "test":
+            # Empty, and not because its lines had mistakes (those are reported already).
+            broken = any(e.line > block.line for e in self.errors)
+            if not data["items"] and not broken:
+                self.errors.append(
+                    TranscriptError(
+                        block.line,
+                        1,
+                        f'the test "{data["name"]}" is empty',
+                        "add what the user does and what the bot answers, indented under it",
+                        len(self.lines[block.line - 1].rstrip()),
+                    )
+                )
             self.tests.append(
                 TranscriptTest(
                     data["name"],

@@ -147,6 +147,15 @@ def _typed(ask: ir.AskAction, text: str) -> Any:
     return None
 
 
+_PARSERS: dict[str, Any] = {
+    "text": parse_text,
+    "number": parse_number,
+    "email": parse_email,
+    "phone": parse_phone,
+    "yes_no": parse_yes_no,
+}
+
+
 def _chosen(ask: ir.AskAction, index: int) -> Answer:
     title = ask.choices[index].title
     if ask.expect == "choice":
@@ -186,10 +195,13 @@ def check_answer(ask: ir.AskAction, text: str | None, payload: str | None = None
     >>> check_answer(ask, " 42 ")
     Answer(ok=True, value=42, choice=None)
     """
-    index = find_choice(ask, text, payload)
-    if index is not None:
-        return _chosen(ask, index)
-    if ask.expect == "choice" or text is None:
+    if ask.choices:
+        index = find_choice(ask, text, payload)
+        if index is not None:
+            return _chosen(ask, index)
+    expect = ask.expect
+    if expect == "choice" or text is None:
         return INVALID
-    value = _typed(ask, text)
+    parse = _PARSERS.get(expect)
+    value = parse(text) if parse is not None else _typed(ask, text)
     return INVALID if value is None else Answer(True, value)

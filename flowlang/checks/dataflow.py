@@ -8,12 +8,11 @@ walked a small number of times whatever its length."""
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from collections.abc import Iterable
 
 from flowlang import ast, codes
 from flowlang.checks.program import (
-    NAMESPACES,
     Program,
     steps_by_name,
     strongly_connected,
@@ -36,9 +35,8 @@ from flowlang.source import Span
 def check_reads(program: Program, sink: DiagnosticSink) -> None:
     """Warn where a flow may read one of its own variables before setting it."""
     sets = _sets_with_callees(program)
-    template_reads = _template_reads(program)
     for flow in program.flows:
-        _FlowReads(flow, sets, template_reads, sink).run()
+        _FlowReads(flow, sets, sink).run()
 
 
 def _sets_with_callees(program: Program) -> dict[str, frozenset[str]]:
@@ -61,28 +59,6 @@ def _sets_with_callees(program: Program) -> dict[str, frozenset[str]]:
     return result
 
 
-def _template_reads(program: Program) -> dict[str, frozenset[str]]:
-    """The conversation variables each template reads (not its parameters)."""
-    templates = program.template_by_name
-    sends = {
-        name: {a.name.text for a in walk(t.body) if isinstance(a, ast.UseTemplate)} & set(templates)
-        for name, t in templates.items()
-    }
-    result: dict[str, frozenset[str]] = {}
-    for component in strongly_connected(templates, lambda n: sends[n]):
-        found: set[str] = set()
-        for name in component:
-            template = templates[name]
-            params = {p.text for p in template.params}
-            for action in walk(template.body):
-                for text in templated_texts(action):
-                    found.update(r for r in parse_text(text.value).reads if r not in params)
-            found.update(v for s in sends[name] if s in result for v in result[s])
-        for name in component:
-            result[name] = frozenset(found - NAMESPACES)
-    return result
-
-
 def _flow_walk(flow: ast.Flow) -> Iterable[ast.Action]:
     for step in flow.steps:
         yield from walk(step.body)
@@ -93,12 +69,10 @@ class _FlowReads:
         self,
         flow: ast.Flow,
         sets: dict[str, frozenset[str]],
-        template_reads: dict[str, frozenset[str]],
         sink: DiagnosticSink,
     ) -> None:
         self.flow = flow
         self.sets = sets
-        self.template_reads = template_reads
         self.sink = sink
         self.index = steps_by_name(flow)
         self.first_set: dict[str, ast.Name] = {}
@@ -111,7 +85,10 @@ class _FlowReads:
         self.entry_state = [0] * count
         self.seen = [False] * count
         self.queued = [False] * count
-        self.queue: deque[int] = deque()
+        # Steps waiting to be walked, earliest first: most flows go forward, so one pass in
+        # source order settles everything but loops.
+        self.queue: list[int] = []
+        self.walks = 0
         self.reporting = False
 
     def run(self) -> None:
@@ -120,7 +97,8 @@ class _FlowReads:
         self.seen[0] = self.queued[0] = True
         self.queue.append(0)
         while self.queue:
-            i = self.queue.popleft()
+            i = heapq.heappop(self.queue)
+            self.walks += 1
             self.queued[i] = False
             self.step(i)
         # What is certainly set no longer changes: walk each step once more, reporting.
@@ -139,7 +117,7 @@ class _FlowReads:
         self.entry_state[target] = new
         if not self.queued[target]:
             self.queued[target] = True
-            self.queue.append(target)
+            heapq.heappush(self.queue, target)
 
     def step(self, i: int) -> None:
         finishes, state = self.block(self.flow.steps[i].body, self.entry_state[i])
@@ -189,8 +167,6 @@ class _FlowReads:
                 for var in self.sets.get(action.flow.text, ()):
                     state |= self.bit.get(var, 0)
                 return True, state
-            case ast.UseTemplate():
-                self.read_template(action, state)
             case ast.Ask():
                 answered = state | (self.bit[action.var.text] if action.var else 0)
                 for choice in action.choices:
@@ -228,23 +204,16 @@ class _FlowReads:
             if self.unset(name, state):
                 self.report(name, locate_in_expression(expr, name))
 
-    def read_template(self, action: ast.UseTemplate, state: int) -> None:
-        if not self.reporting:
-            return
-        for name in sorted(self.template_reads.get(action.name.text, ())):
-            if self.unset(name, state):
-                self.report(name, action.name.span, f"template `{action.name.text}` uses `{name}`")
-
     def unset(self, name: str, state: int) -> bool:
         bit = self.bit.get(name)
         return bit is not None and not state & bit
 
-    def report(self, name: str, span: Span, label: str = "") -> None:
+    def report(self, name: str, span: Span) -> None:
         self.sink.report(
             codes.READ_BEFORE_SET,
             span,
             name=name,
-            label=label or "may not be set yet",
+            label="may not be set yet",
             secondary=(Label(self.first_set[name].span, f"`{name}` is set here"),),
             help=f"make sure every way to this line goes through a line that sets `{name}`, "
             f'or write `{name} | default("")` where a missing value is fine',

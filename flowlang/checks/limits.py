@@ -139,6 +139,7 @@ class _Limits:
         items: Sequence[ast.Button | ast.Card | ast.Choice | ast.QuickReply | ast.MenuItem],
         limit: int,
         what: str,
+        help_text: str = "",
     ) -> None:
         if len(items) <= limit:
             return
@@ -149,11 +150,20 @@ class _Limits:
             count=len(items),
             limit=limit,
             label=f"the {_ordinal(limit + 1)} {what}",
-            help=f"keep at most {limit} {what}s",
+            help=help_text or f"keep at most {limit} {what}s",
         )
 
-    def buttons(self, buttons: Sequence[ast.Button]) -> None:
-        self.too_many(codes.TOO_MANY_BUTTONS, buttons, MAX_BUTTONS, "button")
+    def buttons(self, buttons: Sequence[ast.Button], choices: Sequence[ast.Choice] = ()) -> None:
+        shown = sorted([*choices, *buttons], key=lambda item: item.span.start)
+        self.too_many(
+            codes.TOO_MANY_BUTTONS,
+            shown,
+            MAX_BUTTONS,
+            "button",
+            "keep at most 3; in a question with buttons every `choice` is a button too"
+            if choices
+            else "",
+        )
         for button in buttons:
             self.title(button.title, TITLE_LIMIT, "button")
             self.target(button.target, templated=True)
@@ -164,9 +174,7 @@ class _Limits:
         offered = sorted([*choices, *replies], key=lambda item: item.span.start)
         self.too_many(codes.TOO_MANY_QUICK_REPLIES, offered, MAX_QUICK_REPLIES, "quick reply")
         for choice in choices:
-            self.title(choice.title, TITLE_LIMIT, "choice")
-            if choice.target is not None:
-                self.target(choice.target, templated=True)
+            self.choice(choice)
         for reply in replies:
             if reply.title is not None:
                 self.title(reply.title, TITLE_LIMIT, "quick reply")
@@ -174,6 +182,11 @@ class _Limits:
                 self.url(reply.image, templated=True)
             if reply.target is not None:
                 self.target(reply.target, templated=True)
+
+    def choice(self, choice: ast.Choice) -> None:
+        self.title(choice.title, TITLE_LIMIT, "choice")
+        if choice.target is not None:
+            self.target(choice.target, templated=True)
 
     def target(self, target: ast.Target, templated: bool) -> None:
         if not isinstance(target.value, ast.Text):
@@ -217,14 +230,21 @@ class _Limits:
                 self.buttons(action.buttons)
                 self.quick_replies(action.quick_replies)
             case ast.Ask():
+                # With buttons, the question (and its re-ask) is a button template in which
+                # every choice is a button; otherwise choices are quick replies.
                 limit = BUTTON_TEXT_LIMIT if action.buttons else TEXT_LIMIT
                 for text in action.texts:
                     self.message_text(text, limit, "question")
                 for texts in action.reasks:
                     for text in texts:
-                        self.message_text(text, TEXT_LIMIT)
-                self.buttons(action.buttons)
-                self.quick_replies(action.quick_replies, action.choices)
+                        self.message_text(text, limit)
+                if action.buttons:
+                    self.buttons(action.buttons, action.choices)
+                    self.quick_replies(action.quick_replies)
+                    for choice in action.choices:
+                        self.choice(choice)
+                else:
+                    self.quick_replies(action.quick_replies, action.choices)
                 for retry in action.retry_limits:
                     self.number(
                         retry.count,

@@ -12,6 +12,11 @@ from flowlang import ast
 #: Namespaces the runtime provides; they are read, never set.
 NAMESPACES = frozenset({"user", "message", "page"})
 
+#: What a template may contain: lines that only send messages.
+MESSAGE_ACTIONS = (
+    ast.Say, ast.Media, ast.Carousel, ast.Typing, ast.Pause, ast.UseTemplate, ast.ListTemplate
+)  # fmt: skip
+
 
 @dataclass
 class Program:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from flowlang import ast, codes
 from flowlang.checks.program import (
+    MESSAGE_ACTIONS,
     NAMESPACES,
     Program,
     did_you_mean,
@@ -22,7 +23,7 @@ from flowlang.checks.texts import (
     parse_expression,
     parse_text,
 )
-from flowlang.diagnostics import DiagnosticSink
+from flowlang.diagnostics import DiagnosticSink, Severity
 from flowlang.source import Span
 
 #: The only tokens Messenger replaces in a greeting.
@@ -33,7 +34,7 @@ _GREETING_PART = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|\{\{|\{%|\{#")
 def check_templates(program: Program, sink: DiagnosticSink) -> None:
     """Parse every templated text, expression and pattern of the program."""
     for flow in program.flows:
-        scope = _Scope(program, sink, frozenset())
+        scope = _Scope(program, sink)
         if flow.error_message is not None:
             scope.text(flow.error_message)
         for trigger in flow.triggers:
@@ -43,22 +44,30 @@ def check_templates(program: Program, sink: DiagnosticSink) -> None:
         for step in flow.steps:
             scope.actions(walk(step.body))
     for template in program.templates:
-        params = frozenset(p.text for p in template.params)
-        _Scope(program, sink, params).actions(walk(template.body))
+        # Other lines are reported by the name checks (FL112); their texts would only echo it.
+        body = [a for a in template.body if isinstance(a, MESSAGE_ACTIONS)]
+        _Scope(program, sink, template).actions(body)
     for page in program.pages:
         if page.error_message is not None:
-            _Scope(program, sink, frozenset()).text(page.error_message)
+            _Scope(program, sink).text(page.error_message)
         for greeting in page.greetings:
             _greeting(greeting.text, sink)
 
 
 class _Scope:
-    """Checks texts where a given set of names (template parameters) is known."""
+    """Checks the texts of a flow or the page (which see every conversation variable), or of
+    a template (which sees only its parameters, as the runtime renders it)."""
 
-    def __init__(self, program: Program, sink: DiagnosticSink, params: frozenset[str]) -> None:
+    def __init__(
+        self, program: Program, sink: DiagnosticSink, template: ast.Template | None = None
+    ) -> None:
         self.sink = sink
-        self.params = params
-        self.known = program.set_vars | params | NAMESPACES
+        self.template = template
+        self.set_vars = program.set_vars
+        if template is None:
+            self.known = program.set_vars | NAMESPACES
+        else:
+            self.known = frozenset(p.text for p in template.params) | NAMESPACES
 
     def actions(self, actions: Iterable[ast.Action]) -> None:
         for action in actions:
@@ -86,7 +95,7 @@ class _Scope:
             )
             return
         for name in sorted(parsed.reads - self.known):
-            self.unknown(name, locate_in_text(text, name))
+            self.unknown(name, locate_in_text(text, name), name in parsed.guarded)
 
     def expression(self, expr: ast.Expr) -> None:
         parsed = parse_expression(expr.source)
@@ -101,17 +110,46 @@ class _Scope:
             )
             return
         for name in sorted(parsed.reads - self.known):
-            self.unknown(name, locate_in_expression(expr, name))
+            self.unknown(name, locate_in_expression(expr, name), name in parsed.guarded)
 
-    def unknown(self, name: str, span: Span) -> None:
-        self.sink.report(
-            codes.UNKNOWN_VARIABLE,
-            span,
-            name=name,
-            label="never set",
-            help=did_you_mean(name, self.known)
-            or f"set it first with `set {name} = …` or `ask … as {name}`",
+    def unknown(self, name: str, span: Span, guarded: bool) -> None:
+        template = self.template
+        if template is None:
+            self.sink.report(
+                codes.UNKNOWN_VARIABLE,
+                span,
+                name=name,
+                label="never set",
+                help=did_you_mean(name, self.known)
+                or f"set it first with `set {name} = …` or `ask … as {name}`",
+            )
+            return
+        # A template sees only its parameters (and user, message, page) when it is sent.
+        params = [p.text for p in template.params]
+        listed = ", ".join([*params, name])
+        fix = (
+            f"a template sees only its parameters: write `template {template.name.text} with "
+            f'{listed}` and send it with `{name} = "{{{{ {name} }}}}"`'
         )
+        if name not in self.set_vars:
+            self.sink.report(
+                codes.UNKNOWN_VARIABLE,
+                span,
+                name=name,
+                label="never set",
+                help=did_you_mean(name, params) or fix,
+            )
+        elif not guarded:
+            # Set by a flow, but out of the template's sight: sending it fails at run time.
+            self.sink.report(
+                codes.TEMPLATE_ARGUMENTS,
+                span,
+                severity=Severity.WARNING,
+                message=f"template `{template.name.text}` uses `{name}`, which is not one of "
+                "its parameters",
+                label="not a parameter",
+                help=fix,
+            )
 
 
 def _pattern(pattern: ast.Text, sink: DiagnosticSink) -> None:

@@ -75,6 +75,9 @@ def parse_text(text: str) -> Parsed:
 @functools.lru_cache(maxsize=65536)
 def parse_expression(source: str) -> Parsed:
     """Parse a Jinja expression (as `Environment.compile_expression` does)."""
+    simple = _simple_expression(source)
+    if simple is not None:
+        return Parsed(simple)
     try:
         parser = Parser(ENV, source, state="variable")
         expr = parser.parse_expression()
@@ -106,6 +109,60 @@ def _simple_reads(text: str) -> frozenset[str] | None:
     if has_jinja(_SIMPLE.sub("", text)):
         return None
     return frozenset(names) - JINJA_NAMES
+
+
+_EXPRESSION_TOKEN = re.compile(
+    r"""\s*(?:(\d+(?:\.\d+)?(?![\w.]))|("[^"\\]*"|'[^'\\]*')|([A-Za-z_]\w*)"""
+    r"|(==|!=|<=|>=|<|>|\+|-|\*|/(?!/)|~|\.))"
+)
+_CONSTANTS = frozenset({"true", "false", "none", "True", "False", "None"})
+_BINARY_WORDS = frozenset({"and", "or", "in"})
+
+
+def _simple_expression(source: str) -> frozenset[str] | None:
+    """The names read by an expression made only of names (with `.attributes`), numbers,
+    plain strings, comparisons, `+ - * / ~`, `and`, `or`, `not` and `in`, which Jinja always
+    accepts; None for anything else, which goes to Jinja's parser. Most conditions and
+    `set` expressions look like this, and reading them here is many times faster."""
+    reads: set[str] = set()
+    position, end = 0, len(source.rstrip())
+    operand = True  # an operand is expected next
+    negatable = True  # `not` may come next (at the start, after `and` / `or`)
+    while position < end:
+        token = _EXPRESSION_TOKEN.match(source, position)
+        if token is None:
+            return None
+        position = token.end()
+        number, text, name, operator = token.groups()
+        if operand:
+            if name == "not" and negatable:
+                negatable = False
+                continue
+            if name is not None:
+                if name in _KEYWORDS and name not in _CONSTANTS:
+                    return None
+                if name not in _CONSTANTS:
+                    reads.add(name)
+                while source.startswith(".", position):  # attributes: `user.first_name`
+                    attribute = _EXPRESSION_TOKEN.match(source, position + 1)
+                    if attribute is None or attribute.group(3) is None:
+                        return None
+                    position = attribute.end()
+            elif number is None and text is None:
+                return None
+            operand = negatable = False
+        elif name in _BINARY_WORDS or (operator is not None and operator != "."):
+            operand, negatable = True, name in ("and", "or")
+        elif name == "not":
+            follow = _EXPRESSION_TOKEN.match(source, position)
+            if follow is None or follow.group(3) != "in":
+                return None
+            position, operand = follow.end(), True
+        else:
+            return None
+    if operand:
+        return None
+    return frozenset(reads) - JINJA_NAMES
 
 
 _GUARDS = frozenset({"defined", "undefined", "default", "d"})

@@ -11,17 +11,31 @@ from flowlang.diagnostics import DiagnosticSink, Label
 from flowlang.source import Span
 
 _PAYLOAD_WORDS = {"postback": "postback", "quick_reply": "quick reply", "referral": "referral"}
+#: Postbacks and quick replies share one set of payloads: either trigger matches either tap.
+_PAYLOAD_GROUP = {"postback": "payload", "quick_reply": "payload", "referral": "referral"}
+_APOSTROPHES = frozenset("'’ʼ`´")
 
 
 def normalise_keyword(text: str) -> str:
-    """A keyword as the runtime compares it: case, accents and punctuation ignored."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    kept = (
-        " " if unicodedata.category(c).startswith("P") else c
-        for c in decomposed
-        if not unicodedata.combining(c)
-    )
-    return " ".join("".join(kept).split())
+    """A keyword as the runtime compares it (runtime.matching.words): accents removed, case
+    folded, apostrophes dropped, other punctuation a word break, each emoji a word."""
+    words: list[str] = []
+    word: list[str] = []
+    for char in unicodedata.normalize("NFKD", text):
+        if char in _APOSTROPHES:
+            continue
+        category = unicodedata.category(char)
+        if category[0] in "LN":
+            word.append(char)
+        elif category != "Mn":
+            if word:
+                words.append("".join(word).casefold())
+                word = []
+            if category == "So":
+                words.append(char)
+    if word:
+        words.append("".join(word).casefold())
+    return " ".join(words)
 
 
 def check_triggers(program: Program, sink: DiagnosticSink) -> None:
@@ -44,7 +58,8 @@ def check_triggers(program: Program, sink: DiagnosticSink) -> None:
                         _keyword(text, first, priority, sink)
             elif trigger.kind in _PAYLOAD_WORDS:
                 for text in trigger.values:
-                    first = payloads.setdefault((trigger.kind, text.value), (flow, text))
+                    key = (_PAYLOAD_GROUP[trigger.kind], text.value)
+                    first = payloads.setdefault(key, (flow, text))
                     if first[0] is not flow:
                         word = _PAYLOAD_WORDS[trigger.kind]
                         _conflict(

@@ -101,6 +101,14 @@ def upgrade() -> None:
         "message_log",
         ["page_id", "psid", "created_at"],
     )
+    unacknowledged = sa.text("status IN ('sent', 'delivered')")
+    op.create_index(
+        "ix_message_log_unacknowledged",
+        "message_log",
+        ["page_id", "psid"],
+        sqlite_where=unacknowledged,
+        postgresql_where=unacknowledged,
+    )
 
 
 def downgrade() -> None:

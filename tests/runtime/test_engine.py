@@ -428,7 +428,9 @@ def _ask(expect: str, extra: str = "") -> Bot:
         ('pattern "[a-z]{2}\\d{3}"', "AB123", "AB123"),
     ],
 )
-def test_expect_kinds_accept_and_store_typed_values(expect: str, answer: str, stored: object) -> None:
+def test_expect_kinds_accept_and_store_typed_values(
+    expect: str, answer: str, stored: object
+) -> None:
     bot = _ask(expect)
     turn = bot.says(answer)
     assert bot.state.variables["v"] == stored
@@ -839,3 +841,385 @@ def test_hand_over_to_an_app() -> None:
     )
     turn = Bot(program).says("app")
     assert [(o.kind, o.body) for o in turn.outbox] == [("pass_thread", {"target_app_id": 12345})]
+
+
+# ------------------------------------------------------------------ faults and the sandbox
+
+FAULTS = """
+page
+  error message "Page says sorry."
+
+flow named
+  error message "Flow says sorry."
+  when user says "named"
+  step greet
+    say "Before the fault."
+    say "Hello {{ nickname }}!"
+    say "Never sent."
+
+flow plain
+  when user says "plain"
+  step s
+    say "{{ ''.__class__ }}"
+
+flow big
+  when user says "big"
+  step s
+    say "{{ 'ab' * 100000 }}"
+
+flow setter
+  when user says "set"
+  step s
+    set nickname = "Ace"
+    say "{{ nickname }}"
+"""
+
+
+def test_undefined_variable_is_a_fault_naming_file_line_and_sends_the_flow_error_message() -> None:
+    bot = Bot(compile_flows(FAULTS))
+    turn = bot.says("named")
+    assert texts(turn) == ["Before the fault.", "Flow says sorry."]
+    (fault,) = turn.faults
+    # `nickname` is set by another flow only, so this conversation has no value for it.
+    assert (fault.flow_id, fault.step, fault.source) == ("named", "greet", "fixture.flow:9")
+    assert "nickname" in fault.reason and "undefined" in fault.reason
+    assert "fixture.flow:9" in str(fault)
+    assert bot.state.status == "idle" and bot.state.flow_id is None
+
+
+def test_sandbox_blocks_attribute_tricks_and_the_page_error_message_is_used() -> None:
+    bot = Bot(compile_flows(FAULTS))
+    turn = bot.says("plain")
+    assert texts(turn) == ["Page says sorry."]
+    (fault,) = turn.faults
+    assert "unsafe" in fault.reason and "__class__" in fault.reason
+    assert "class" not in texts(turn)[0]
+
+
+def test_sandbox_refuses_to_build_huge_strings() -> None:
+    turn = Bot(compile_flows(FAULTS)).says("big")
+    assert texts(turn) == ["Page says sorry."]
+    assert "too" in turn.faults[0].reason or "not allowed" in turn.faults[0].reason
+
+
+def test_default_error_message_without_flow_or_page_message() -> None:
+    program = compile_flows(
+        """
+        flow f
+          when user says "f"
+          step s
+            say "{{ missing }}"
+        flow g
+          when user says "g"
+          step s
+            set missing = 1
+        """
+    )
+    assert Bot(program).says_texts("f") == [DEFAULT_ERROR_MESSAGE]
+
+
+def test_user_text_is_data_and_never_rendered() -> None:
+    bot = Bot(compile_flows(LEAD))
+    bot.says("pricing")
+    assert bot.says_texts("{{ 7*7 }}") == ["Nice to meet you, {{ 7*7 }}!", LEAD_TEXTS[3]]
+    assert bot.says_texts("{% for x in range(3) %}x{% endfor %}@evil.com")[0] == (
+        "That doesn't look like an email address. Could you check it?"
+    )
+
+
+def test_message_namespace_holds_the_last_message_as_data() -> None:
+    program = compile_flows(
+        """
+        flow echo
+          when nothing else matches
+          step s
+            say "You said: {{ message.text }} ({{ message.payload }})"
+        """
+    )
+    bot = Bot(program)
+    assert bot.says_texts("{{ 7*7 }}") == ["You said: {{ 7*7 }} (None)"]
+
+
+def test_max_actions_stops_a_loop_that_never_waits() -> None:
+    # The compiler refuses such a loop, so the IR is edited by hand: step `b` goes back to `a`.
+    program = compile_flows(
+        """
+        flow loop
+          error message "Loop stopped."
+          when user says "loop"
+          step a
+            set n = 0
+          step b
+            set n = n + 1
+            end
+        """
+    )
+    flow = program.flows["loop"]
+    step_b = flow.steps["b"]
+    goto = step_b.actions[1].model_copy(update={"kind": "goto"})
+    looping = step_b.model_copy(
+        update={"actions": (step_b.actions[0], _goto(goto.id, goto.source, "b"))}
+    )
+    flow = flow.model_copy(update={"steps": {**flow.steps, "b": looping}})
+    program = program.model_copy(update={"flows": {"loop": flow}})
+    bot = Bot(program, max_actions=50)
+    turn = bot.says("loop")
+    assert texts(turn) == ["Loop stopped."]
+    (fault,) = turn.faults
+    assert "too many actions" in fault.reason
+    assert bot.state.status == "idle"
+
+
+def _goto(aid: str, source: object, step: str) -> object:
+    from flowlang import ir
+
+    return ir.GotoAction(id=aid, source=source, step=step)
+
+
+def test_interruptions_cannot_pile_up_forever() -> None:
+    program = compile_flows(
+        """
+        flow ping
+          interrupt when user says "ping"
+          step s
+            ask "Ping?" as p
+        flow pong
+          interrupt when user says "pong"
+          step s
+            ask "Pong?" as q
+        """
+    )
+    bot = Bot(program)
+    turn = None
+    for index in range(40):
+        turn = bot.says("ping" if index % 2 else "pong")
+        if turn.faults:
+            break
+    assert turn is not None and turn.faults
+    assert "paused" in turn.faults[0].reason
+    assert bot.state.stack == []
+
+
+# --------------------------------------------------------------------------- buttons
+
+BUTTONS = """
+flow shop
+  when user says "shop"
+  step start
+    say "Welcome to the shop"
+      button "See plans" goto plans
+      button "Talk to sales" starts sales
+      button "Pricing" sends "PRICING"
+    say "Contact"
+      button "Website" opens "https://example.com" tall
+      button "Call us" calls "+15551234567"
+    ask "Your name?" as name
+    say "Thanks {{ name }}"
+    end
+  step plans
+    say "Our plans"
+
+flow sales
+  step intro
+    say "Sales here"
+  step deep
+    say "Deep sales step"
+"""
+
+
+def test_button_template_body_is_the_send_api_message_without_ir_fields() -> None:
+    bot = Bot(compile_flows(BUTTONS))
+    body, contact = bot.says("shop").messages[:2]
+    assert contact["attachment"]["payload"]["buttons"] == [
+        {
+            "type": "web_url",
+            "url": "https://example.com",
+            "title": "Website",
+            "webview_height_ratio": "tall",
+        },
+        {"type": "phone_number", "title": "Call us", "payload": "+15551234567"},
+    ]
+    assert body == {
+        "attachment": {
+            "type": "template",
+            "payload": {
+                "template_type": "button",
+                "text": "Welcome to the shop",
+                "buttons": [
+                    {"type": "postback", "title": "See plans", "payload": "FLOW:shop:plans"},
+                    {"type": "postback", "title": "Talk to sales", "payload": "FLOW:sales"},
+                    {"type": "postback", "title": "Pricing", "payload": "PRICING"},
+                ],
+            },
+        }
+    }
+
+
+def test_step_button_jumps_inside_the_same_flow_version() -> None:
+    bot = Bot(compile_flows(BUTTONS))
+    bot.says("shop")
+    assert texts(bot.taps("FLOW:shop:plans", "See plans")) == ["Our plans"]
+    assert bot.state.status == "idle"
+
+
+def test_step_and_flow_buttons_start_flows_when_not_in_them() -> None:
+    bot = Bot(compile_flows(BUTTONS))
+    assert texts(bot.taps("FLOW:shop:plans")) == ["Our plans"]  # idle: start at that step
+    bot.says("shop")
+    assert texts(bot.taps("FLOW:sales", "Talk to sales")) == ["Sales here", "Deep sales step"]
+    assert texts(bot.taps("FLOW:sales:deep")) == ["Deep sales step"]
+    assert texts(bot.taps("FLOW:sales:gone")) == ["Sales here", "Deep sales step"]  # entry
+    assert bot.taps("FLOW:nowhere").outbox == []  # unknown flow: an unmatched postback
+
+
+MEDIA = """
+template product_card with name, price
+  say "{{ name }} costs {{ price }}"
+    button "Buy" sends "BUY"
+
+flow media
+  when user says "media"
+  step s
+    set total = "9.99"
+    send image "https://example.com/a.png"
+    typing for 2 seconds
+    pause 1 second
+    typing
+    carousel
+      card "Product 1"
+        subtitle "Amazing"
+        image "https://example.com/p1.jpg"
+        opens "https://example.com/p1" compact
+        button "Buy now" sends "BUY_1"
+      card "Product 2"
+      quick reply "More" with image "https://example.com/i.png" sends "MORE"
+    send product_card with name = "Shoes", price = "{{ total }} USD"
+    say "Tagged" or "Tagged too"
+      tag HUMAN_AGENT
+"""
+
+
+def test_media_typing_pause_carousel_template_and_tag_shapes() -> None:
+    bot = Bot(compile_flows(MEDIA))
+    turn = bot.says("media")
+    got = [(o.kind, o.body, o.seconds, o.tag) for o in turn.outbox]
+    assert got[:5] == [
+        (
+            "message",
+            {
+                "attachment": {
+                    "type": "image",
+                    "payload": {"url": "https://example.com/a.png", "is_reusable": True},
+                }
+            },
+            0.0,
+            None,
+        ),
+        ("sender_action", {"sender_action": "typing_on"}, 0.0, None),
+        ("pause", {}, 2.0, None),
+        ("pause", {}, 1.0, None),
+        ("sender_action", {"sender_action": "typing_on"}, 0.0, None),
+    ]
+    assert got[5][1] == {
+        "attachment": {
+            "type": "template",
+            "payload": {
+                "template_type": "generic",
+                "elements": [
+                    {
+                        "title": "Product 1",
+                        "subtitle": "Amazing",
+                        "image_url": "https://example.com/p1.jpg",
+                        "default_action": {
+                            "type": "web_url",
+                            "url": "https://example.com/p1",
+                            "webview_height_ratio": "compact",
+                        },
+                        "buttons": [{"type": "postback", "title": "Buy now", "payload": "BUY_1"}],
+                    },
+                    {"title": "Product 2"},
+                ],
+            },
+        },
+        "quick_replies": [
+            {
+                "content_type": "text",
+                "title": "More",
+                "payload": "MORE",
+                "image_url": "https://example.com/i.png",
+            }
+        ],
+    }
+    template_body = got[6][1]["attachment"]["payload"]
+    assert template_body["text"] == "Shoes costs 9.99 USD"
+    assert template_body["buttons"] == [{"type": "postback", "title": "Buy", "payload": "BUY"}]
+    assert turn.outbox[6].source == "fixture.flow:2"  # the template's own line
+    assert got[7][1]["text"] in ("Tagged", "Tagged too") and got[7][3] == "HUMAN_AGENT"
+
+
+def test_a_template_sees_only_its_parameters() -> None:
+    program = compile_flows(
+        """
+        template card with name
+          say "{{ name }} and {{ secret }}"
+
+        flow t
+          when user says "t"
+          step s
+            set secret = "hidden"
+            send card with name = "visible {{ secret }}"
+        """
+    )
+    turn = Bot(program).says("t")
+    assert texts(turn) == [DEFAULT_ERROR_MESSAGE]
+    assert turn.faults[0].source == "fixture.flow:2"
+    assert "secret" in turn.faults[0].reason
+
+
+def test_text_variations_are_picked_by_the_injected_random_source() -> None:
+    program = compile_flows(
+        """
+        flow v
+          when user says "v"
+          step s
+            say "one" or "two" or "three"
+        """
+    )
+    seen = {Bot(program, seed=seed).says_texts("v")[0] for seed in range(30)}
+    assert seen == {"one", "two", "three"}
+    assert Bot(program, seed=4).says_texts("v") == Bot(program, seed=4).says_texts("v")
+
+
+def test_profile_fields_are_always_readable() -> None:
+    program = compile_flows(
+        """
+        flow p
+          when user says "p"
+          step s
+            say "[{{ user.first_name }}|{{ user.gender }}|{{ user.id }}|{{ page.id }}]"
+        """
+    )
+    assert Bot(program, profile={"first_name": "Ada", "gender": None}).says_texts("p") == [
+        "[Ada||user-1|page-1]"
+    ]
+
+
+def test_static_template_lines_keep_their_own_source_and_are_reused() -> None:
+    program = compile_flows(
+        """
+        template banner
+          say "Welcome to our shop"
+          send image "https://example.com/banner.png"
+
+        flow t
+          when user says "t"
+          step s
+            send banner
+            send banner
+        """
+    )
+    bot = Bot(program)
+    for _ in range(2):
+        turn = bot.says("t")
+        assert texts(turn) == ["Welcome to our shop", "[image]"] * 2
+        assert [o.source for o in turn.outbox] == ["fixture.flow:2", "fixture.flow:3"] * 2

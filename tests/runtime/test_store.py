@@ -246,15 +246,40 @@ def test_sqlite_connections_get_wal_and_the_pragmas(tmp_path: Path) -> None:
             assert pragma("synchronous") == 1  # NORMAL
             assert pragma("busy_timeout") == db.SQLITE_BUSY_TIMEOUT_MS
             assert pragma("foreign_keys") == 1
+            assert pragma("mmap_size") == db.SQLITE_MMAP_BYTES
     finally:
         engine.dispose()
 
 
-def test_hot_queries_use_the_primary_key(sql_store: SqlStore) -> None:
+def test_hot_statements_seek_an_index(sql_store: SqlStore) -> None:
+    # Enough rows, with statistics, that a planner would rather scan if it could not seek.
+    now = datetime.now(UTC)
+    conversation = {c.name: None for c in tables.conversations.columns} | {
+        "page_id": "page-1", "status": "idle", "tries": 0, "handed_over": False,
+        "variables": {}, "stack": [], "state_version": 1, "version": 1,
+        "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    message = {c.name: None for c in tables.message_log.columns if c.name != "id"} | {
+        "page_id": "page-1", "direction": "outbound", "kind": "message", "body": {},
+        "status": "read", "created_at": now, "sent_at": now,
+    }  # fmt: skip
+    with sql_store.engine.begin() as conn:
+        users = [str(i) for i in range(3000)]
+        conn.execute(tables.conversations.insert(), [conversation | {"psid": u} for u in users])
+        # A history of answered messages per user: receipts must not wade through it.
+        history = [message | {"psid": u} for u in users[:300] for _ in range(10)]
+        conn.execute(tables.message_log.insert(), history)
+        conn.execute(text("ANALYZE"))
     plans = sql_store.query_plans()
-    backend = sql_store.engine.dialect.name
-    index = "sqlite_autoindex_conversations_1" if backend == "sqlite" else "pk_conversations"
-    for name in ("load", "save"):
+    sqlite = sql_store.engine.dialect.name == "sqlite"
+    primary_key = "sqlite_autoindex_conversations_1" if sqlite else "pk_conversations"
+    expected = {
+        "load": primary_key,
+        "save": primary_key,
+        "mark_delivered": "ix_message_log_unacknowledged",
+        "mark_read": "ix_message_log_unacknowledged",
+    }
+    for name, index in expected.items():
         assert index in plans[name], plans[name]
         assert "SCAN" not in plans[name] and "Seq Scan" not in plans[name], plans[name]
 

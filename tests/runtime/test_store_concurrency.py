@@ -3,7 +3,7 @@
 Each event is load → modify (increment a counter, append to a list) → save, retried on
 `ConcurrentUpdate`. Threads run on every store; separate processes on SQLite and PostgreSQL
 (what two server workers would be). A pause between load and save makes the race happen on
-every run, and the tests check that it did."""
+every run, and the tests check that it did. Two deploys at once must both succeed too."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from flowlang import ir
+from flowlang.compiler import compile_source
 from runtime import db
 from runtime.state import ConversationState
 from runtime.store import ConcurrentUpdate, InMemoryStore, SqlStore, Store
@@ -143,6 +145,32 @@ def test_concurrent_first_saves_let_exactly_one_win(store: Store) -> None:
         stored = store.load(PAGE, psid)
         winner = next(w for w, ok in won.items() if ok)
         assert stored is not None and stored.step == winner and stored.version == 1
+
+
+def test_concurrent_deploys_both_succeed_and_one_is_current(store: Store) -> None:
+    programs = []
+    for i in range(20):
+        result = compile_source(
+            f'flow greet\n  when user says "hi"\n  step start\n    say "v{i}"\n'
+        )
+        assert result.program is not None
+        programs.append(result.program)
+    hashes = [p.flows["greet"].content_hash for p in programs]
+    for first, second in zip(programs[::2], programs[1::2], strict=True):
+        start = threading.Barrier(2)
+
+        def deploy(program: ir.FlowProgram, start: threading.Barrier = start) -> None:
+            start.wait()
+            store.deploy(program)
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(deploy, [first, second]))  # re-raises what a deploy raised
+        current = store.current_versions()
+        assert current["greet"] in (
+            first.flows["greet"].content_hash,
+            second.flows["greet"].content_hash,
+        )
+    assert all(store.flow_version("greet", h) is not None for h in hashes)
 
 
 # Runs in a separate interpreter: the real situation of two server processes.
