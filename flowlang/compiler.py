@@ -92,6 +92,18 @@ class _GcPause:
 _gc_paused = _GcPause()
 
 
+#: Findings that are only true when every file of the program could be read.
+_WHOLE_PROGRAM_CODES = frozenset(
+    c.code
+    for c in (
+        codes.UNKNOWN_FLOW,
+        codes.UNKNOWN_TEMPLATE,
+        codes.UNKNOWN_VARIABLE,
+        codes.FLOW_NEVER_STARTS,
+    )
+)
+
+
 def compile_sources(
     sources: Iterable[SourceFile], *, extra: Sequence[Diagnostic] = ()
 ) -> CompileResult:
@@ -113,15 +125,23 @@ def _compile_sources(sources: Iterable[SourceFile], extra: Sequence[Diagnostic])
         except Exception:
             _internal_error(file_sink, Span(source.name, 0, 0), f"reading {source.name}")
         sink.diagnostics.extend(file_sink.diagnostics)
-    parsed_all = len(modules) == len(files)
-    if parsed_all and not sink.has_errors:
+    # A file that could not be read or parsed leaves the program incomplete: the other files
+    # are still checked, but findings that depend on the whole program are left out (a flow
+    # "not found" may well be in the broken file), and nothing is built.
+    incomplete = len(modules) < len(files) or any(d.severity is Severity.ERROR for d in extra)
+    if modules:
+        check_sink = DiagnosticSink()
         try:
-            check_program(modules, sink)
+            check_program(modules, check_sink)
         except Exception:
             first = next(iter(files), "<input>")
-            _internal_error(sink, Span(first, 0, 0), "checking the flows")
+            _internal_error(check_sink, Span(first, 0, 0), "checking the flows")
+        found = check_sink.diagnostics
+        if incomplete:
+            found = [d for d in found if d.code not in _WHOLE_PROGRAM_CODES]
+        sink.diagnostics.extend(found)
     program = None
-    if parsed_all and not sink.has_errors:
+    if not incomplete and not sink.has_errors:
         try:
             program = build(modules, files)
         except Exception:

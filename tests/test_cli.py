@@ -146,7 +146,7 @@ def test_all_files_in_short_format(snapshot) -> None:
     problems = lines[:-1]
     assert [line.split(":", 1)[0] for line in problems] == [f"broken/{n}" for n in BROKEN]
     for line in problems:
-        assert re.fullmatch(r"broken/\w+\.flow:\d+:\d+: error\[FL0\d\d\]: .+", line)
+        assert re.fullmatch(r"broken/\w+\.flow:\d+:\d+: error\[FL\d{3}\]: .+", line)
 
 
 def test_all_files_in_rich_format(snapshot) -> None:
@@ -166,7 +166,7 @@ def test_all_files_in_json_format() -> None:
     for item in items:
         assert set(item) == JSON_KEYS
         assert item["severity"] == "error"
-        assert re.fullmatch(r"FL0\d\d", item["code"])
+        assert re.fullmatch(r"FL\d{3}", item["code"])
         assert item["line"] >= 1 and item["column"] >= 1
         assert (item["end_line"], item["end_column"]) >= (item["line"], item["column"])
 
