@@ -67,6 +67,9 @@ DUPLICATE_CHOICE = DiagnosticCode(
     "FL113", "duplicate-choice", E, "the choice `{title}` is offered twice in this question"
 )
 NO_STEPS = DiagnosticCode("FL114", "no-steps", E, "flow `{flow}` has no steps")
+UNKNOWN_USER_FIELD = DiagnosticCode(
+    "FL115", "unknown-user-field", E, "the user profile has no field `{field}`"
+)
 
 # -- FL2xx: the flow graph
 UNREACHABLE_STEP = DiagnosticCode(

@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 IR_VERSION = 1
 
+#: The fields of the `user` namespace in texts and expressions: the Messenger user profile
+#: (empty text when Messenger does not share one) and `id`, the user's page-scoped id.
+USER_FIELDS = ("id", "first_name", "last_name", "profile_pic", "locale", "timezone", "gender")
+
 #: Messenger's app id for the Page Inbox (a human takes over there).
 PAGE_INBOX_APP_ID = "263902037430900"
 

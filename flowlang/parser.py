@@ -210,11 +210,14 @@ def _words_for(expected: set[str]) -> list[str]:
 
 def _keywords_for(expected: set[str]) -> list[str]:
     terminals = {t.name: t for t in _parser().terminals}
-    return [
+    words = [
         terminals[n].pattern.value
         for n in expected
         if n in terminals and terminals[n].pattern.type == "str"
     ]
+    if "GOTO" in expected:  # a pattern terminal (`goto` / `go to`), not a plain keyword
+        words.append("goto")
+    return words
 
 
 def _join(words: list[str], limit: int = 8) -> str:
@@ -341,9 +344,9 @@ def _report_syntax_error(source: SourceFile, exc: UnexpectedInput, sink: Diagnos
     message = f"expected {_join(_words_for(expected))}, found {found}"
     help_text = None
     if first_word:
-        close = difflib.get_close_matches(first_word.lower(), _keywords_for(expected), n=1)
+        close = _closest_keyword(first_word.lower(), _keywords_for(expected))
         if close:
-            help_text = f"did you mean `{close[0]}`?"
+            help_text = f"did you mean `{close}`?"
         elif expected <= {"_NL", "_DEDENT"}:
             help_text = (
                 f"this line is complete before `{first_word}`: remove it, or if it starts "
@@ -357,6 +360,20 @@ def _report_syntax_error(source: SourceFile, exc: UnexpectedInput, sink: Diagnos
         help=help_text,
         notes=(f"this line is {where}",) if where else (),
     )
+
+
+def _closest_keyword(word: str, keywords: list[str]) -> str | None:
+    """The keyword most like `word`; on a tie, the more common one (`sey` → `say`, not `set`)."""
+    close = difflib.get_close_matches(word, keywords, n=5)
+    if not close:
+        return None
+    rank = {k: i for i, k in enumerate(_PREFERRED)}
+
+    def score(keyword: str) -> tuple[float, int]:
+        ratio = difflib.SequenceMatcher(None, word, keyword).ratio()
+        return (ratio, -rank.get(keyword, len(rank)))
+
+    return max(close, key=score)
 
 
 def _expected_by_parser(exc: UnexpectedToken) -> set[str]:

@@ -16,6 +16,7 @@ from flowlang.checks.program import (
     walk,
 )
 from flowlang.checks.texts import (
+    blocks_of,
     broken_block,
     inner_span,
     locate_in_expression,
@@ -23,11 +24,15 @@ from flowlang.checks.texts import (
     parse_expression,
     parse_text,
 )
-from flowlang.diagnostics import DiagnosticSink, Severity
+from flowlang.diagnostics import DiagnosticSink
+from flowlang.ir import USER_FIELDS
 from flowlang.source import Span
 
 #: The only tokens Messenger replaces in a greeting.
 GREETING_TOKENS = frozenset({"user_first_name", "user_last_name", "user_full_name"})
+#: `user.field` outside quoted text (quotes are blanked out before this runs).
+_USER_FIELD = re.compile(r"(?<![\w.])user\s*\.\s*([A-Za-z_]\w*)")
+_QUOTED = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'""")
 _GREETING_PART = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|\{\{|\{%|\{#")
 
 
@@ -96,6 +101,11 @@ class _Scope:
             return
         for name in sorted(parsed.reads - self.known):
             self.unknown(name, locate_in_text(text, name), name in parsed.guarded)
+        if "user" in parsed.reads:
+            for start, chunk in blocks_of(text.value):
+                for offset, field in _user_fields(chunk):
+                    at = start + offset
+                    self.unknown_field(field, inner_span(text, at, at + len(field)))
 
     def expression(self, expr: ast.Expr) -> None:
         parsed = parse_expression(expr.source)
@@ -111,6 +121,22 @@ class _Scope:
             return
         for name in sorted(parsed.reads - self.known):
             self.unknown(name, locate_in_expression(expr, name), name in parsed.guarded)
+        if "user" in parsed.reads:
+            for offset, field in _user_fields(expr.source):
+                at = expr.span.start + offset
+                self.unknown_field(field, Span(expr.span.file, at, at + len(field)))
+
+    def unknown_field(self, field: str, span: Span) -> None:
+        if field in USER_FIELDS:
+            return
+        self.sink.report(
+            codes.UNKNOWN_USER_FIELD,
+            span,
+            field=field,
+            label="not a profile field",
+            help=did_you_mean(field, USER_FIELDS)
+            or "the profile has: " + ", ".join(f"`user.{f}`" for f in USER_FIELDS),
+        )
 
     def unknown(self, name: str, span: Span, guarded: bool) -> None:
         template = self.template
@@ -144,12 +170,17 @@ class _Scope:
             self.sink.report(
                 codes.TEMPLATE_ARGUMENTS,
                 span,
-                severity=Severity.WARNING,
                 message=f"template `{template.name.text}` uses `{name}`, which is not one of "
                 "its parameters",
                 label="not a parameter",
                 help=fix,
             )
+
+
+def _user_fields(source: str) -> list[tuple[int, str]]:
+    """The `user.field` reads in a piece of Jinja: (offset of the field, field)."""
+    blanked = _QUOTED.sub(lambda m: " " * len(m.group(0)), source)
+    return [(m.start(1), m.group(1)) for m in _USER_FIELD.finditer(blanked)]
 
 
 def _pattern(pattern: ast.Text, sink: DiagnosticSink) -> None:

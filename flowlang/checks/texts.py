@@ -274,6 +274,11 @@ def locate_in_expression(expr: ast.Expr, name: str) -> Span:
     return Span(expr.span.file, start, start + len(name))
 
 
+def blocks_of(value: str) -> list[tuple[int, str]]:
+    """The `{{ … }}` and `{% … %}` parts of a text, with their offsets in it."""
+    return [(block.start(), block.group(0)) for block in _BLOCKS.finditer(value)]
+
+
 def broken_block(text: ast.Text) -> Span:
     """The first `{{ … }}` part of a text that does not parse on its own (else the text)."""
     for block in _BLOCKS.finditer(text.value):

@@ -1158,10 +1158,12 @@ def test_media_typing_pause_carousel_template_and_tag_shapes() -> None:
 
 
 def test_a_template_sees_only_its_parameters() -> None:
+    # The compiler refuses a template that reads a flow variable (FL108), so the IR is edited
+    # here to show what the runtime does if such a program reaches it anyway.
     program = compile_flows(
         """
         template card with name
-          say "{{ name }} and {{ secret }}"
+          say "{{ name }}"
 
         flow t
           when user says "t"
@@ -1169,6 +1171,11 @@ def test_a_template_sees_only_its_parameters() -> None:
             set secret = "hidden"
             send card with name = "visible {{ secret }}"
         """
+    )
+    template = program.templates["card"]
+    leaky = template.actions[0].model_copy(update={"texts": ("{{ name }} and {{ secret }}",)})
+    program = program.model_copy(
+        update={"templates": {"card": template.model_copy(update={"actions": (leaky,)})}}
     )
     turn = Bot(program).says("t")
     assert texts(turn) == [DEFAULT_ERROR_MESSAGE]
