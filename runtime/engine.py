@@ -4,7 +4,14 @@ the random source are passed in, and the input state is never modified.
 
 `docs/runtime.md` explains every rule in plain words; the comments here say why the code is
 shaped the way it is. A turn runs actions until the flow waits for an answer (`ask`) or ends,
-bounded by `max_actions`."""
+bounded by `max_actions`.
+
+Speed: what does not depend on the conversation is worked out once per flow version (messages
+without templates, trace entries, and "segments": runs of actions that only send messages,
+played in one go). The commonest turns (a good answer to a question a parser checks; a keyword
+that starts a flow) then skip the general machinery altogether (`_quick_turn`). Both shortcuts
+give exactly the turns the action-by-action path gives (tests/runtime/test_engine_shortcuts.py
+compares them)."""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from runtime.matching import TriggerHit
 from runtime.program import ANSWER_PREFIX, STEP_PREFIX, FlowIndex, ProgramView
 from runtime.state import STATE_VERSION, ConversationState, Frame
 from runtime.templates import Renderer, TemplateError, shared_renderer
-from runtime.validation import check_answer, find_choice
+from runtime.validation import find_choice, judge, simple_parser
 
 #: Sent when a fault happens and neither the flow nor the page has an `error message`.
 DEFAULT_ERROR_MESSAGE = "Sorry, something went wrong on our side. Please try again."
@@ -31,6 +38,7 @@ PROFILE_FIELDS = ("first_name", "last_name", "profile_pic", "locale", "timezone"
 _RNG = random.Random()
 #: Builds a TraceEntry without the Python-level NamedTuple constructor (it runs every turn).
 _entry = tuple.__new__
+_new = object.__new__
 _BLANK_USER = dict.fromkeys(PROFILE_FIELDS, "")
 _SPACES = frozenset(("user", "message", "page"))
 #: Cache marker: this action's message depends on the context and is rendered every time.
@@ -122,8 +130,15 @@ def advance(
     - `max_actions`: the most actions one turn may run, the last guard against loops.
 
     Never raises for anything a flow or a user can do: problems become `Turn.faults`."""
-    run = _Run(program, state, event, renderer or shared_renderer(), profile, page, rng)
-    run.budget = max_actions
+    renderer = renderer or shared_renderer()
+    if event.kind == "text" and event.text and not state.handed_over and _SHORTCUTS:
+        try:
+            turn = _quick_turn(program, state, event, renderer, profile, page, max_actions)
+        except Exception:  # e.g. a text that fails to render: the general path reports it
+            turn = None
+        if turn is not None:
+            return turn
+    run = _Run(program, state, event, renderer, profile, page, rng, max_actions)
     st = run.st
     if st.handed_over:
         # A person has the thread: the bot stays silent (the server still logs the event).
@@ -139,7 +154,12 @@ def advance(
         run.fail(exc.fault)
     except Exception as exc:  # a bug of ours must not reach the user as silence or a crash
         run.fail(run.fault(f"internal error: {type(exc).__name__}: {exc}"))
-    return Turn(st, run.outbox, run.faults, run.trace)
+    turn = _new(Turn)  # Turn(...) without the dataclass __init__: this runs every turn
+    turn.state = st
+    turn.outbox = run.outbox
+    turn.faults = run.faults
+    turn.trace = run.trace
+    return turn
 
 
 def take_back(state: ConversationState) -> ConversationState:
@@ -160,13 +180,42 @@ def reset(state: ConversationState) -> ConversationState:
 
 
 def _clone(state: ConversationState) -> ConversationState:
-    # Cheaper than dataclasses.replace; variables and the stack get their own containers, and
-    # Frame objects are never mutated (they are replaced), so sharing them is safe.
-    new = object.__new__(ConversationState)
-    new.__dict__.update(state.__dict__)
-    new.variables = dict(state.variables)
-    new.stack = list(state.stack)
+    # Cheaper than dataclasses.replace (one dict copy); variables and the stack get their own
+    # containers, and Frame objects are never mutated (they are replaced), so sharing them is
+    # safe.
+    fields = state.__dict__.copy()
+    fields["variables"] = dict(state.variables)
+    fields["stack"] = list(state.stack)
+    new = _new(ConversationState)
+    new.__dict__ = fields
     return new
+
+
+def _context(
+    st: ConversationState,
+    variables: Mapping[str, Any],
+    event: Inbound,
+    profile: Mapping[str, Any] | None,
+    page: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The template context: variables, then the `user`, `message` and `page` namespaces."""
+    if profile:
+        user = {**_BLANK_USER, **profile, "id": st.psid}
+        if None in user.values():
+            user = {k: "" if v is None else v for k, v in user.items()}
+    else:
+        user = {**_BLANK_USER, "id": st.psid}
+    ctx = dict(variables)
+    ctx["user"] = user
+    ctx["message"] = {
+        "text": event.text,
+        "payload": event.payload,
+        "ref": event.ref,
+        "kind": event.kind,
+        "attachments": [dict(a) for a in event.attachments],
+    }
+    ctx["page"] = {"id": st.page_id, **page} if page else {"id": st.page_id}
+    return ctx
 
 
 def _set_idle(st: ConversationState) -> None:
@@ -258,11 +307,459 @@ def _literal(text: str | None) -> str:
 def _out(
     kind: str, body: dict[str, Any], tag: str | None = None, source: str | None = None
 ) -> Outbound:
-    # Outbound is a frozen dataclass; filling its __dict__ directly is half the cost of
+    # Outbound is a frozen dataclass; filling its __dict__ directly is a third of the cost of
     # __init__, and this runs for every message of every turn.
-    out = object.__new__(Outbound)
-    out.__dict__.update(kind=kind, body=body, seconds=0.0, tag=tag, source=source)
+    out = _new(Outbound)
+    fields = out.__dict__
+    fields["kind"] = kind
+    fields["body"] = body
+    fields["seconds"] = 0.0
+    fields["tag"] = tag
+    fields["source"] = source
     return out
+
+
+# ------------------------------------------ per flow version: tables, segments, prebuilt messages
+
+
+class _Text(NamedTuple):
+    """The plan of a `say` with one templated text and no buttons or quick replies."""
+
+    text: str
+    reads: bool  # True: only variables; False: the user/message/page namespaces too
+    tag: str | None
+    where: str | None
+
+
+class _Tables:
+    """What the engine works out once per flow version, on first use: for each action its
+    run record `(action, kind, step, step trace entry, next action id, wait trace entry)`;
+    for each question that a parser alone checks (see `validation.simple_parser`) the parser,
+    the variable and the next action id; and the `start` / `trigger` / `end` trace entries,
+    which are the same every time. Trace entries are immutable, so turns share them."""
+
+    __slots__ = (
+        "answers",
+        "ends",
+        "entry",
+        "nodes",
+        "parsers",
+        "segments",
+        "starts",
+        "triggers",
+    )
+
+    def __init__(self, fi: FlowIndex) -> None:
+        steps: dict[str, TraceEntry] = {}
+        self.nodes: dict[str, tuple[Any, str, str, TraceEntry, str | None, Any]] = {}
+        self.parsers: dict[str, Any] = {}
+        #: The first action of the flow (`fi.start_of(None)`).
+        self.entry = fi.start_of(None)
+        for aid, action in fi.actions.items():
+            step = fi.step_of[aid]
+            entry = steps.get(step)
+            if entry is None:
+                entry = steps[step] = TraceEntry("step", fi.id, step, "")
+            kind = action.kind
+            wait = None
+            if kind == "ask":
+                wait = TraceEntry("wait", fi.id, step, aid)
+                parse = simple_parser(action)
+                self.parsers[aid] = (parse, action.var, fi.after[aid]) if parse else None
+            self.nodes[aid] = (action, kind, step, entry, fi.after[aid], wait)
+        self.starts: dict[str | None, TraceEntry] = {}
+        self.triggers: dict[str, TraceEntry] = {}
+        self.ends: dict[str | None, TraceEntry] = {}
+        #: The segment starting at each action (built on first use; see `_segment`).
+        self.segments: dict[str, Any] = {}
+        #: What `_quick_turn` needs to take an answer to each question (see `_quick_answer`).
+        self.answers: dict[str, Any] = {}
+
+
+def _tables(fi: FlowIndex) -> _Tables:
+    tables = fi.tables
+    if tables is None:
+        tables = fi.tables = _Tables(fi)
+    return tables
+
+
+def _trigger_entry(fi: FlowIndex, hit: TriggerHit) -> TraceEntry:
+    entries = (fi.tables or _tables(fi)).triggers
+    entry = entries.get(hit.kind)
+    if entry is None or entry.flow != hit.flow_id:
+        entry = entries[hit.kind] = TraceEntry("trigger", hit.flow_id, None, hit.kind)
+    return entry
+
+
+def _start_entry(fi: FlowIndex, step: str | None) -> TraceEntry:
+    entries = (fi.tables or _tables(fi)).starts
+    entry = entries.get(step)
+    if entry is None:
+        entry = entries[step] = TraceEntry("start", fi.id, step or fi.flow.entry, fi.version)
+    return entry
+
+
+def _end_entry(fi: FlowIndex, step: str | None) -> TraceEntry:
+    entries = (fi.tables or _tables(fi)).ends
+    entry = entries.get(step)
+    if entry is None:
+        entry = TraceEntry("end", fi.id, step, "")
+        if step is None or fi.has_step(step):  # (a damaged state may name any step)
+            entries[step] = entry
+    return entry
+
+
+class _Segment:
+    """A straight run of actions that only send messages and move on, precomputed so a turn
+    plays it in one go instead of action by action: `say` with one text (and buttons or
+    quick replies only if nothing in it is a template); media, carousels, typing and pauses
+    without templates; `goto` and `end`; then maybe an `ask` whose question has no template.
+
+    - `size`: how many actions (the turn's action budget must cover all of them, else they
+      run one by one and the budget fault comes at the right action);
+    - `items`: the messages, prebuilt (`Outbound`) or a `_Text` to render; `static` when all
+      are prebuilt;
+    - `step`, `entry`: the step of the first action and its `step` trace entry (written only
+      when the previous action ran in another step); `steps`: the `step` entries of the later
+      step changes, `last_step` the step of the last action;
+    - `wait`: the `wait` trace entry when the run ends with an `ask` (then `next` is its id);
+      otherwise `next` is the action to continue with (None: the flow ends there);
+    - for `_quick_turn`, when the segment ends with a question or the end of the flow:
+      `trace`, its trace entries from the first step on, and `final`, the state fields it
+      leaves (else `final` is None)."""
+
+    __slots__ = (
+        "entry",
+        "final",
+        "items",
+        "last_step",
+        "next",
+        "size",
+        "static",
+        "step",
+        "steps",
+        "trace",
+        "wait",
+    )
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.items: list[Any] = []
+        self.static = True
+        self.step: str | None = None
+        self.entry: TraceEntry | None = None
+        self.steps: list[TraceEntry] = []
+        self.last_step: str | None = None
+        self.wait: TraceEntry | None = None
+        self.next: str | None = None
+        self.trace: tuple[TraceEntry, ...] = ()
+        self.final: dict[str, Any] | None = None
+
+    def finish(self, fi: FlowIndex) -> _Segment:
+        """Fill in `trace` and `final` (see the class docstring)."""
+        entries = (self.entry, *self.steps)
+        if self.wait is not None:
+            self.trace = (*entries, self.wait)
+            self.final = {
+                "flow_id": fi.id,
+                "flow_version": fi.version,
+                "step": self.last_step,
+                "position": self.next,
+                "status": "waiting",
+                "tries": 0,
+            }
+        elif self.next is None:
+            self.trace = (*entries, _end_entry(fi, self.last_step))
+            self.final = dict.fromkeys(("flow_id", "flow_version", "step", "position"))
+            self.final.update(status="idle", tries=0)
+        return self
+
+
+#: Marks an action a segment cannot start with.
+_NO_SEGMENT: Any = object()
+#: The longest segment (a guard for flows that `goto` in a circle without asking).
+_SEGMENT_LIMIT = 64
+
+
+def _segment(fi: FlowIndex, aid: str | None, renderer: Renderer) -> Any:
+    """The segment that starts at `aid`, or `_NO_SEGMENT`."""
+    nodes = (fi.tables or _tables(fi)).nodes
+    segment = _Segment()
+    seen: set[str] = set()
+    while aid is not None and aid not in seen and segment.size < _SEGMENT_LIMIT:
+        action, kind, step, entry, after, wait = nodes[aid]
+        item = None
+        if kind == "say":
+            item = fi.cache.get(aid)
+            if item is None:
+                item = fi.cache[aid] = _Run.say_plan(action, fi.where.get(aid), renderer)
+            if item.__class__ is not Outbound and item.__class__ is not _Text:
+                break
+        elif kind == "ask":
+            item = _static_question(fi, action, False)
+            if item is None:
+                break
+        elif kind in ("media", "carousel", "typing", "pause"):
+            item = _static_items(fi, action)
+            if item is None:
+                break
+        elif kind == "goto":
+            if not fi.has_step(action.step):
+                break  # the fault is reported by the action itself
+        elif kind != "end":
+            break
+        seen.add(aid)
+        if segment.size == 0:
+            segment.step, segment.entry = step, entry
+        elif step != segment.last_step:
+            segment.steps.append(entry)
+        segment.last_step = step
+        segment.size += 1
+        if item.__class__ is list:  # media, carousel, typing, pause: prebuilt
+            segment.items += item
+        elif item is not None:
+            segment.items.append(item)
+            segment.static = segment.static and item.__class__ is Outbound
+        if kind == "ask":
+            segment.wait = wait
+            segment.next = aid
+            return segment.finish(fi)
+        if kind == "goto":
+            aid = fi.start_of(action.step)
+        elif kind == "end":
+            aid = None
+            break
+        else:
+            aid = after
+    segment.next = aid
+    return segment.finish(fi) if segment.size else _NO_SEGMENT
+
+
+def _static_question(fi: FlowIndex, ask: ir.AskAction, reask: bool) -> Outbound | None:
+    """The prebuilt message of a question that holds no template (built on first use), or
+    None when it must be rendered each time."""
+    if reask and ask.reask:
+        texts, key = ask.reask, (ask.id, True)
+    else:
+        texts, key = ask.prompts, ask.id  # an ask has no other entry in the cache
+    cached = fi.cache.get(key)
+    if cached is None:
+        static = len(texts) == 1 and not _has_template(
+            ask.model_dump(include={"prompts", "reask", "quick_replies"})
+        )
+        if static:
+            choices = [
+                {"content_type": "text", "title": c.title, "payload": c.payload}
+                for c in ask.choices
+            ]
+            extra = [_quick_reply(q, _literal) for q in ask.quick_replies]
+            cached = _out(
+                "message", _question_body(ask, texts[0], choices, extra), None, fi.where[ask.id]
+            )
+        else:
+            cached = _DYNAMIC
+        fi.cache[key] = cached
+    return None if cached is _DYNAMIC else cached
+
+
+def _static_message(action: Any, render: Any, where: str | None) -> list[Outbound] | None:
+    """The items of a media, carousel, typing or pause action, its texts passed through
+    `render`; None for any other kind of action."""
+    kind = action.kind
+    if kind == "media":
+        body = {
+            "attachment": {
+                "type": action.media_type,
+                "payload": {"url": render(action.url), "is_reusable": True},
+            }
+        }
+        return [Outbound("message", body, source=where)]
+    if kind == "carousel":
+        body = {
+            "attachment": {
+                "type": "template",
+                "payload": {
+                    "template_type": "generic",
+                    "elements": [_card(c, render) for c in action.cards],
+                },
+            }
+        }
+        if action.quick_replies:
+            body["quick_replies"] = [_quick_reply(q, render) for q in action.quick_replies]
+        return [Outbound("message", body, tag=action.tag, source=where)]
+    if kind == "typing":
+        items = [Outbound("sender_action", {"sender_action": "typing_on"}, source=where)]
+        if action.seconds:
+            items.append(Outbound("pause", seconds=float(action.seconds), source=where))
+        return items
+    if kind == "pause":
+        return [Outbound("pause", seconds=float(action.seconds), source=where)]
+    return None
+
+
+def _static_items(fi: FlowIndex, action: Any) -> list[Outbound] | None:
+    """The prebuilt items of a media, carousel, typing or pause action without templates
+    (built on first use, shared with `_Run.send_static`), or None when they are rendered
+    each time."""
+    cached = fi.cache.get(action.id)
+    if cached is None:
+        items = None
+        if not _has_template(action.model_dump()):
+            items = _static_message(action, _literal, fi.where.get(action.id))
+        cached = fi.cache[action.id] = _DYNAMIC if items is None else items
+    return None if cached is _DYNAMIC else cached
+
+
+def _question_body(
+    ask: ir.AskAction, text: str, choices: list[dict[str, Any]], extra: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A question's message: quick-reply choices, or a button template for button choices."""
+    if ask.choice_style == "buttons" and choices:
+        buttons = [
+            {"type": "postback", "title": c.title, "payload": c.payload} for c in ask.choices
+        ]
+        return _text_message(text, buttons, extra)
+    return _text_message(text, [], choices + extra)
+
+
+# ------------------------------------------------------------------------------ the quick path
+
+
+#: Whether turns take the precomputed shortcuts: `_quick_turn`, and segments played in one go
+#: (see `_Segment`). The tests switch them off to compare with the action-by-action path.
+_SHORTCUTS = True
+
+
+def _quick_turn(
+    program: ProgramView,
+    state: ConversationState,
+    event: Inbound,
+    renderer: Renderer,
+    profile: Mapping[str, Any] | None,
+    page: Mapping[str, Any] | None,
+    budget: int,
+) -> Turn | None:
+    """The two commonest turns, without the general machinery of `_Run`: typed text that
+    (1) answers the pending question well, or (2) starts a flow by keyword or regex while
+    nothing is pending; either way followed by one segment (see `_Segment`) that ends with
+    the next question or the end of the flow. Same result as the general path, which
+    handles everything else: this returns None whenever the turn is not one of these, or
+    anything is unusual (not yet indexed, a stack to return to, ...), and raises when
+    something fails (then `advance` runs the turn again on the general path, which reports
+    the fault).
+
+    Pure like the rest: the input state is not modified; only caches are filled."""
+    if state.state_version != STATE_VERSION:
+        return None
+    text = event.text
+    triggers = program.triggers
+    status = state.status
+    stack: list[Frame]
+    if status == "waiting":
+        fi = program.flows.get(state.flow_id)  # type: ignore[arg-type]
+        if fi is None or fi.version != state.flow_version or fi.tables is None:
+            return None
+        tables = fi.tables
+        answer = tables.answers.get(state.position)  # type: ignore[arg-type]
+        if answer is None:
+            answer = _quick_answer(tables, state.position)
+        if not answer:  # not (yet) known, or not a question a parser alone checks, or ...
+            return None
+        if triggers.has_interrupting_text and triggers.interrupting_text.may_match(text):
+            return None  # the general path finds out whether it interrupts
+        parse, var, segment = answer
+        value = parse(text)
+        if value is None:  # a wrong answer
+            return None
+        trace = [_entry(TraceEntry, ("answer", fi.id, state.step, repr(value)))]
+        variables = dict(state.variables)
+        if var:
+            variables[var] = value
+        stack = state.stack
+        if segment.wait is None:
+            if stack and stack[-1].reason == "call":
+                return None  # the flow returns to its caller
+            stack = []
+        else:
+            stack = list(stack)
+    elif status == "idle":
+        hit = triggers.text.match(text) if triggers.has_text else None
+        if hit is None:
+            return None
+        fi = program.flows.get(hit.flow_id)
+        if fi is None or fi.tables is None:
+            return None
+        tables = fi.tables
+        trigger = tables.triggers.get(hit.kind)
+        start = tables.starts.get(None)
+        if trigger is None or trigger.flow != hit.flow_id or start is None:
+            return None
+        segment = tables.segments.get(tables.entry)  # type: ignore[arg-type]
+        if segment is None or segment is _NO_SEGMENT or segment.final is None:
+            return None  # not played yet, or it stops at an action the general path runs
+        trace = [trigger, start]
+        variables = dict(state.variables)
+        stack = []
+    else:
+        return None
+    if segment.size > budget:
+        return None
+    if segment.static:
+        messages = list(segment.items)
+    else:
+        messages = []
+        ctx = None
+        for item in segment.items:
+            if item.__class__ is not _Text:
+                messages.append(item)
+                continue
+            text, reads, tag, where = item
+            if reads:
+                text = renderer.render(text, variables)
+            else:
+                if ctx is None:
+                    ctx = _context(state, variables, event, profile, page)
+                text = renderer.render(text, ctx)
+            out = _new(Outbound)  # `_out`, inline
+            fields = out.__dict__
+            fields["kind"] = "message"
+            fields["body"] = {"text": text}
+            fields["seconds"] = 0.0
+            fields["tag"] = tag
+            fields["source"] = where
+            messages.append(out)
+    trace += segment.trace
+    fields = state.__dict__.copy()
+    fields.update(segment.final)
+    fields["variables"] = variables
+    fields["stack"] = stack
+    new = _new(ConversationState)
+    new.__dict__ = fields
+    turn = _new(Turn)
+    turn.state = new
+    turn.outbox = messages
+    turn.faults = []
+    turn.trace = trace
+    return turn
+
+
+def _quick_answer(tables: _Tables, position: str | None) -> Any:
+    """For `_quick_turn`: `(parser, variable, segment after it)` of a question that a parser
+    alone checks and is followed by a quick segment, False for one that is not. None when it
+    is too early to know (the segment after it has not been played yet)."""
+    simple = tables.parsers.get(position)  # type: ignore[arg-type]
+    if simple is None:
+        if position not in tables.nodes:
+            return False  # a damaged state: not worth remembering
+        answer: Any = False
+    else:
+        parse, var, after = simple
+        segment = tables.segments.get(after)  # type: ignore[arg-type]
+        if segment is None:
+            return None
+        answer = (parse, var, segment) if segment is not _NO_SEGMENT and segment.final else False
+    tables.answers[position] = answer  # type: ignore[index]
+    return answer
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -271,12 +768,24 @@ def _out(
 class _Run:
     """The working area of one turn: a private copy of the state, the outbox and the trace."""
 
-    # Rarely changed fields are class-level defaults: a turn only pays for what it uses.
-    fi: FlowIndex | None = None
-    budget = 200
-    _ctx: dict[str, Any] | None = None
-    _step: tuple[FlowIndex, str] | None = None  # (flow, step) last traced
-    _where: str | None = None  # `file:line` of the template action being sent
+    __slots__ = (
+        "_ctx",
+        "_sfi",
+        "_sstep",
+        "_where",
+        "budget",
+        "event",
+        "faults",
+        "fi",
+        "outbox",
+        "page",
+        "profile",
+        "program",
+        "renderer",
+        "rng",
+        "st",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -287,17 +796,30 @@ class _Run:
         profile: Mapping[str, Any] | None,
         page: Mapping[str, Any] | None,
         rng: random.Random | None,
+        budget: int,
     ) -> None:
         self.program = program
-        self.st = _clone(state)
+        # The private copy of the state (what `_clone` does, inline: this runs every turn).
+        fields = state.__dict__.copy()
+        fields["variables"] = dict(state.variables)
+        fields["stack"] = list(state.stack)
+        st = self.st = _new(ConversationState)
+        st.__dict__ = fields
         self.event = event
         self.renderer = renderer
         self.profile = profile
         self.page = page
         self.rng = rng or _RNG
+        self.budget = budget
         self.outbox: list[Outbound] = []
         self.faults: list[RuntimeFault] = []
         self.trace: list[TraceEntry] = []
+        self.fi: FlowIndex | None = None
+        self._ctx: dict[str, Any] | None = None
+        # The (flow, step) last traced: a `step` entry is written when either changes.
+        self._sfi: FlowIndex | None = None
+        self._sstep: str | None = None
+        self._where: str | None = None  # `file:line` of the template action being sent
 
     # -- bookkeeping
     def note(self, kind: str, detail: str = "", step: str | None = None) -> None:
@@ -338,23 +860,8 @@ class _Run:
         """The template context: variables, then the `user`, `message` and `page` namespaces."""
         ctx = self._ctx
         if ctx is None:
-            st, event, profile = self.st, self.event, self.profile
-            if profile:
-                user = {**_BLANK_USER, **profile, "id": st.psid}
-                if None in user.values():
-                    user = {k: "" if v is None else v for k, v in user.items()}
-            else:
-                user = {**_BLANK_USER, "id": st.psid}
-            ctx = self._ctx = dict(st.variables)
-            ctx["user"] = user
-            ctx["message"] = {
-                "text": event.text,
-                "payload": event.payload,
-                "ref": event.ref,
-                "kind": event.kind,
-                "attachments": [dict(a) for a in event.attachments],
-            }
-            ctx["page"] = {"id": st.page_id, **self.page} if self.page else {"id": st.page_id}
+            st = self.st
+            ctx = self._ctx = _context(st, st.variables, self.event, self.profile, self.page)
         return ctx
 
     def set_var(self, name: str, value: Any) -> None:
@@ -388,8 +895,12 @@ class _Run:
 
     # -- dispatch: which rule an event falls under
     def dispatch(self, event: Inbound) -> None:
-        program = self.program
         kind = event.kind
+        if kind == "text":  # the common case, and what every branch below ends with
+            # (an idle conversation has nothing pending, and `pending` would only say so)
+            self.on_text(event.text, None if self.st.status == "idle" else self.pending())
+            return
+        program = self.program
         payload = event.payload
         if kind == "postback" and payload and payload == program.get_started_payload:
             kind = "get_started"
@@ -464,7 +975,11 @@ class _Run:
         triggers = self.program.triggers
         if pending is not None:
             fi, ask = pending
-            if text and triggers.has_interrupting_text and find_choice(ask, text, None) is None:
+            if (
+                text
+                and triggers.has_interrupting_text
+                and (not ask.choices or find_choice(ask, text, None) is None)
+            ):
                 hit = triggers.by_text(text, interrupting_only=True)
                 if hit is not None:
                     self.start_hit(hit, pending)
@@ -509,7 +1024,7 @@ class _Run:
         fi = self.program.current(hit.flow_id)
         if fi is None:  # cannot happen with a view built from one program
             raise _Fault(self.fault(f"no flow named `{hit.flow_id}`"))
-        self.trace.append(_entry(TraceEntry, ("trigger", hit.flow_id, None, hit.kind)))
+        self.trace.append(_trigger_entry(fi, hit))
         st = self.st
         if pending is not None and hit.interrupting and hit.flow_id != st.flow_id:
             self.push(
@@ -534,7 +1049,7 @@ class _Run:
         st.tries = 0
         st.status = "running"
         st.position = None
-        self.trace.append(_entry(TraceEntry, ("start", fi.id, step or fi.flow.entry, fi.version)))
+        self.trace.append(_start_entry(fi, step))
         self.run(fi.start_of(step))
 
     def fallback(self) -> None:
@@ -576,19 +1091,32 @@ class _Run:
     # -- answers
     def answer(self, fi: FlowIndex, ask: ir.AskAction, text: str | None, payload: str | None):
         st = self.st
+        simple = (fi.tables or _tables(fi)).parsers.get(ask.id)
         try:
-            verdict = check_answer(ask, text, payload)
+            if simple is not None:  # `judge`, for a question without choices
+                parse = simple[0]
+                value = parse(text) if text is not None else None
+                index = None
+                ok = value is not None
+            else:
+                verdict = judge(ask, text, payload)
+                ok = verdict is not None
+                if ok:
+                    value, index = verdict
         except Exception as exc:  # e.g. a broken `expect pattern`
             raise _Fault(self.fault(f"cannot check the answer: {exc}", ask.id)) from None
-        if verdict.ok:
-            self.trace.append(_entry(TraceEntry, ("answer", fi.id, st.step, repr(verdict.value))))
-            if ask.var:
-                self.set_var(ask.var, verdict.value)
+        if ok:
+            self.trace.append(_entry(TraceEntry, ("answer", fi.id, st.step, repr(value))))
+            var = ask.var
+            if var:
+                st.variables[var] = value
+                if self._ctx is not None:
+                    self._ctx[var] = value
             st.tries = 0
             st.status = "running"
             st.position = None
-            if verdict.choice is not None:
-                choice = ask.choices[verdict.choice]
+            if index is not None:
+                choice = ask.choices[index]
                 if choice.target_step and choice.target_flow in (None, fi.id):
                     if not fi.has_step(choice.target_step):
                         raise _Fault(self.fault(f"no step `{choice.target_step}`", ask.id))
@@ -626,13 +1154,12 @@ class _Run:
         self.send_question(fi, ask, reask=False)
 
     def send_question(self, fi: FlowIndex, ask: ir.AskAction, *, reask: bool) -> None:
-        texts = ask.reask if reask and ask.reask else ask.prompts
-        key = (ask.id, texts is ask.reask)
-        cached = fi.cache.get(key)
-        if cached is not None and cached is not _DYNAMIC:
-            self.outbox.append(cached)
+        question = _static_question(fi, ask, reask)
+        if question is not None:
+            self.outbox.append(question)
             return
         aid = ask.id
+        texts = ask.reask if reask and ask.reask else ask.prompts
 
         def render(text: str) -> str:
             return self.render(text, aid)
@@ -642,31 +1169,22 @@ class _Run:
         ]
         extra = [_quick_reply(q, render) for q in ask.quick_replies]
         text = render(self.pick(texts))
-        if ask.choice_style == "buttons" and choices:
-            buttons = [
-                {"type": "postback", "title": c.title, "payload": c.payload} for c in ask.choices
-            ]
-            body = _text_message(text, buttons, extra)
-        else:
-            body = _text_message(text, [], choices + extra)
-        out = _out("message", body, None, fi.where[aid])
-        if cached is None:
-            static = len(texts) == 1 and not _has_template(
-                ask.model_dump(include={"prompts", "reask", "quick_replies"})
-            )
-            fi.cache[key] = out if static else _DYNAMIC
-        self.outbox.append(out)
+        body = _question_body(ask, text, choices, extra)
+        self.outbox.append(_out("message", body, None, fi.where[aid]))
 
     # -- running actions
     def run(self, aid: str | None) -> None:
         st = self.st
         fi = self.fi
         assert fi is not None
+        tables = fi.tables or _tables(fi)
+        nodes = tables.nodes
+        trace = self.trace
         while True:
             while aid is None:
                 # The flow ended: go back to the flow that called it, if any.
                 if not st.stack or st.stack[-1].reason != "call":
-                    self.note("end")
+                    trace.append(_end_entry(fi, st.step))
                     self.go_idle()
                     return
                 frame = st.stack.pop()
@@ -677,8 +1195,34 @@ class _Run:
                     )
                 self.enter(caller)
                 fi = caller
+                tables = fi.tables or _tables(fi)
+                nodes = tables.nodes
                 self.note("return", detail=f"after `{frame.position}`")
                 aid = fi.after[frame.position]
+            segment = tables.segments.get(aid)
+            if segment is None:
+                segment = tables.segments[aid] = _segment(fi, aid, self.renderer)
+            if segment is not _NO_SEGMENT and self.budget >= segment.size and _SHORTCUTS:
+                messages = self.play(segment)
+                if messages is not None:
+                    # What the actions below would do one by one, all at once.
+                    self.budget -= segment.size
+                    if fi is not self._sfi or segment.step != self._sstep:
+                        self._sfi = fi
+                        self._sstep = st.step = segment.step
+                        trace.append(segment.entry)
+                    if segment.steps:
+                        trace.extend(segment.steps)
+                        self._sstep = st.step = segment.last_step
+                    self.outbox.extend(messages)
+                    if segment.wait is not None:
+                        st.position = segment.next
+                        st.status = "waiting"
+                        st.tries = 0
+                        trace.append(segment.wait)
+                        return
+                    aid = segment.next
+                    continue
             self.budget -= 1
             if self.budget < 0:
                 raise _Fault(
@@ -688,22 +1232,23 @@ class _Run:
                         aid,
                     )
                 )
-            action = fi.actions[aid]
-            step = fi.step_of[aid]
-            last = self._step
-            if last is None or last[1] != step or last[0] is not fi:
-                self._step = (fi, step)
-                st.step = step
-                self.trace.append(_entry(TraceEntry, ("step", fi.id, step, "")))
-            kind = action.kind
+            action, kind, step, entry, after, wait = nodes[aid]
+            if fi is not self._sfi or step != self._sstep:
+                self._sfi = fi
+                self._sstep = st.step = step
+                trace.append(entry)
             if kind == "say":
-                self.say(fi, action)
+                plan = fi.cache.get(aid)
+                if plan.__class__ is Outbound:  # a message without templates, built once
+                    self.outbox.append(plan)
+                else:
+                    self.say(fi, action)
             elif kind == "ask":
                 st.position = aid
                 st.status = "waiting"
                 st.tries = 0
                 self.send_question(fi, action, reask=False)
-                self.trace.append(_entry(TraceEntry, ("wait", fi.id, step, aid)))
+                trace.append(wait)
                 return
             elif kind == "if":
                 firsts, otherwise = fi.branches[aid]
@@ -739,6 +1284,8 @@ class _Run:
                 )
                 self.enter(callee)
                 fi = callee
+                tables = fi.tables or _tables(fi)
+                nodes = tables.nodes
                 self.note("call", detail=f"`{callee.id}`")
                 aid = fi.start_of(None)
                 continue
@@ -770,7 +1317,25 @@ class _Run:
                 self.use_template(fi, action, aid)
             else:  # media, carousel, typing, pause
                 self.send_static(fi, action)
-            aid = fi.after[aid]
+            aid = after
+
+    def play(self, segment: _Segment) -> Sequence[Outbound] | None:
+        """The messages of a segment, or None when one of its texts cannot be rendered (then
+        the actions run one by one, and the failing one reports the fault as usual)."""
+        if segment.static:
+            return segment.items
+        messages = []
+        st = self.st
+        try:
+            for item in segment.items:
+                if item.__class__ is not _Text:
+                    messages.append(item)
+                    continue
+                text = self.renderer.render(item.text, st.variables if item.reads else self.ctx)
+                messages.append(_out("message", {"text": text}, item.tag, item.where))
+        except Exception:
+            return None
+        return messages
 
     def resume(self) -> bool:
         """Return to the flow an interrupting flow interrupted and ask its question again.
@@ -831,14 +1396,24 @@ class _Run:
         plan = cache.get(key)
         if plan is None:
             where = fi.where.get(aid) if ctx is None else self._where
-            plan = cache[key] = self._say_plan(action, where)
+            plan = cache[key] = self.say_plan(action, where, self.renderer)
         if plan.__class__ is Outbound:
             self.outbox.append(plan)
             return
-        texts, buttons, quick_replies, where = plan
-        text = texts[0] if len(texts) == 1 else self.rng.choice(texts)
-        if "{" in text:
-            text = self.render(text, aid, ctx)
+        if plan.__class__ is _Text:
+            texts, buttons, quick_replies, where = ((plan.text, plan.reads),), [], [], plan.where
+        else:
+            texts, buttons, quick_replies, where = plan
+        text, reads = texts[0] if len(texts) == 1 else self.rng.choice(texts)
+        if reads is not None:
+            if ctx is None:
+                # A text that reads only variables renders against them directly: building
+                # the user/message/page namespaces is most of the cost of a short text.
+                ctx = self.st.variables if reads else self.ctx
+            try:
+                text = self.renderer.render(text, ctx)
+            except TemplateError as exc:
+                raise _Fault(self.fault(exc.reason, aid, self._where)) from None
         if buttons is None or quick_replies is None:
 
             def render(text: str) -> str:
@@ -853,7 +1428,11 @@ class _Run:
         self.outbox.append(_out("message", body, action.tag, where))
 
     @staticmethod
-    def _say_plan(action: ir.SayAction, where: str | None) -> Any:
+    def say_plan(action: ir.SayAction, where: str | None, renderer: Renderer) -> Any:
+        """The prebuilt message of a `say` without templates, or what is needed to build it:
+        `(texts, buttons, quick_replies, where)`, where each text comes with what it reads
+        (None: no template; True: variables only; False: the namespaces too) and the buttons
+        or quick replies are None when they hold templates."""
         buttons = quick_replies = None
         if not any(_has_template(b.model_dump()) for b in action.buttons):
             buttons = [_button(b, _literal) for b in action.buttons]
@@ -864,7 +1443,16 @@ class _Run:
         if static and len(texts) == 1 and "{" not in texts[0]:
             body = _text_message(texts[0], buttons or [], quick_replies or [])
             return _out("message", body, action.tag, where)
-        return (texts, buttons, quick_replies, where)
+        marked = []
+        for text in texts:
+            reads = None
+            if "{" in text:
+                names = renderer.names(text)
+                reads = names is not None and names.isdisjoint(_SPACES)
+            marked.append((text, reads))
+        if len(marked) == 1 and static and not buttons and not quick_replies:
+            return _Text(texts[0], bool(marked[0][1]), action.tag, where)
+        return (tuple(marked), buttons, quick_replies, where)
 
     def send_static(
         self, fi: FlowIndex | None, action: Any, ctx: Mapping[str, Any] | None = None
@@ -883,37 +1471,9 @@ class _Run:
         def render(text: str) -> str:
             return self.render(text, aid, ctx)
 
-        kind = action.kind
-        items: list[Outbound]
-        if kind == "media":
-            body = {
-                "attachment": {
-                    "type": action.media_type,
-                    "payload": {"url": render(action.url), "is_reusable": True},
-                }
-            }
-            items = [Outbound("message", body, source=where)]
-        elif kind == "carousel":
-            body = {
-                "attachment": {
-                    "type": "template",
-                    "payload": {
-                        "template_type": "generic",
-                        "elements": [_card(c, render) for c in action.cards],
-                    },
-                }
-            }
-            if action.quick_replies:
-                body["quick_replies"] = [_quick_reply(q, render) for q in action.quick_replies]
-            items = [Outbound("message", body, tag=action.tag, source=where)]
-        elif kind == "typing":
-            items = [Outbound("sender_action", {"sender_action": "typing_on"}, source=where)]
-            if action.seconds:
-                items.append(Outbound("pause", seconds=float(action.seconds), source=where))
-        elif kind == "pause":
-            items = [Outbound("pause", seconds=float(action.seconds), source=where)]
-        else:
-            raise _Fault(self.fault(f"unknown action kind {kind!r}", aid))
+        items = _static_message(action, render, where)
+        if items is None:
+            raise _Fault(self.fault(f"unknown action kind {action.kind!r}", aid))
         if cached is None:
             cache[key] = _DYNAMIC if _has_template(action.model_dump()) else items
         self.outbox.extend(items)

@@ -8,15 +8,12 @@ built once per program; matching a message costs one normalisation and a few dic
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from flowlang import ir
-
-_APOSTROPHES = frozenset("'’ʼ`´")
-_ASCII_WORD = re.compile(r"[a-z0-9]+")
+from flowlang.keywords import ASCII_APOSTROPHES, ASCII_FOLD, words
 
 #: When two flows match one event with the same priority, the trigger kind decides, then the
 #: flow id (alphabetically), so the winner never depends on file order or dict order.
@@ -29,41 +26,6 @@ KIND_RANK = {
     "regex": 4,
     "fallback": 5,
 }
-
-
-def words(text: str) -> tuple[str, ...]:
-    """The normalised words of a text (see the module docstring).
-
-    >>> words("Café?! I'd like PRICING 👍🏽")
-    ('cafe', 'id', 'like', 'pricing', '👍')
-    """
-    if text.isascii():
-        return tuple(_ASCII_WORD.findall(text.lower().replace("'", "").replace("`", "")))
-    out: list[str] = []
-    word: list[str] = []
-    category = unicodedata.category
-    for ch in unicodedata.normalize("NFKD", text):
-        if ch in _APOSTROPHES:
-            continue
-        cat = category(ch)
-        if cat[0] in "LN":
-            word.append(ch)
-        elif cat == "Mn":  # accents and emoji variation selectors: ignore, keep the word whole
-            continue
-        else:
-            if word:
-                out.append("".join(word).casefold())
-                word = []
-            if cat == "So":  # emoji and other pictographs are words of their own
-                out.append(ch)
-    if word:
-        out.append("".join(word).casefold())
-    return tuple(out)
-
-
-def normalise(text: str) -> str:
-    """The normalised form of a text: its words joined by single spaces."""
-    return " ".join(words(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,36 +57,92 @@ class _TextIndex:
     """Keyword and regex triggers, for matching typed text."""
 
     def __init__(self, hits: Iterable[tuple[TriggerHit, tuple[str, ...] | re.Pattern[str]]]):
-        self.keywords: dict[str, list[tuple[tuple[str, ...], TriggerHit]]] = {}
-        self.regexes: list[tuple[re.Pattern[str], TriggerHit]] = []
+        # Entries carry their hit's rank, computed once (it is compared for every match).
+        self.keywords: dict[str, list[tuple[tuple[str, ...], TriggerHit, Any]]] = {}
+        self.regexes: list[tuple[re.Pattern[str], TriggerHit, Any]] = []
         for hit, key in hits:
             if isinstance(key, tuple):
-                self.keywords.setdefault(key[0], []).append((key, hit))
+                self.keywords.setdefault(key[0], []).append((key, hit, hit.rank))
             else:
-                self.regexes.append((key, hit))
+                self.regexes.append((key, hit, hit.rank))
+        # A keyword matches only if its first word is in the text. For ASCII text that can be
+        # ruled out with a few substring tests before splitting it into words, which pays when
+        # there are few keywords (the interrupting ones, checked against every answer).
+        # Non-ASCII first words never occur among the words of an ASCII text.
+        firsts = [word for word in self.keywords if word.isascii()]
+        self._probe: tuple[str, ...] | None = tuple(firsts) if len(firsts) <= 8 else None
+        self._any = bool(self.keywords or self.regexes)
+        self._one_word = all(
+            len(key) == 1 for entries in self.keywords.values() for key, *_ in entries
+        )
+        # With one-word keywords only, each word has one winner: its first entry of the best
+        # rank (what the loop over its entries would pick).
+        self._best_by_word: dict[str, tuple[TriggerHit, Any]] = {}
+        for word, entries in self.keywords.items():
+            for _, hit, rank in entries:
+                known = self._best_by_word.get(word)
+                if known is None or rank < known[1]:
+                    self._best_by_word[word] = (hit, rank)
 
     def __bool__(self) -> bool:
-        return bool(self.keywords or self.regexes)
+        return self._any
+
+    def may_match(self, text: str) -> bool:
+        """False only when no trigger of this index can match `text`: a quick test (the
+        probe above) that saves the full match for most texts when there are few keywords."""
+        probe = self._probe
+        if probe is None or self.regexes or not text.isascii():
+            return self._any
+        if "'" in text or "`" in text:
+            folded = text.encode().translate(ASCII_FOLD, ASCII_APOSTROPHES).decode()
+        else:  # the probe words are letters and digits: finding them needs only the case fold
+            folded = text.lower()
+        for word in probe:  # noqa: SIM110 (a plain loop: any() and a generator cost more)
+            if word in folded:
+                return True
+        return False
 
     def match(self, text: str) -> TriggerHit | None:
         best: TriggerHit | None = None
+        best_rank: Any = None
         keywords = self.keywords
         if keywords:
-            said = words(text)
-            for i, word in enumerate(said):
-                entries = keywords.get(word)
-                if entries is None:
-                    continue
-                for key, hit in entries:
-                    if (len(key) == 1 or said[i : i + len(key)] == key) and (
-                        best is None or hit.rank < best.rank
-                    ):
-                        best = hit
+            said: Any
+            if text.isascii():
+                # `words` for ASCII text, with the probe in between.
+                folded = text.encode().translate(ASCII_FOLD, ASCII_APOSTROPHES).decode()
+                probe = self._probe
+                if probe is not None:
+                    for word in probe:
+                        if word in folded:
+                            break
+                    else:
+                        folded = ""
+                said = folded.split() if folded else ()
+            else:
+                said = words(text)
+            if self._one_word:
+                best_by_word = self._best_by_word
+                for word in said:
+                    found = best_by_word.get(word)
+                    if found is not None and (best is None or found[1] < best_rank):
+                        best, best_rank = found
+            else:
+                for i, word in enumerate(said):
+                    entries = keywords.get(word)
+                    if entries is None:
+                        continue
+                    for key, hit, rank in entries:
+                        size = len(key)
+                        if (size == 1 or tuple(said[i : i + size]) == key) and (
+                            best is None or rank < best_rank
+                        ):
+                            best, best_rank = hit, rank
         if self.regexes:
             stripped = text.strip()
-            for pattern, hit in self.regexes:
-                if (best is None or hit.rank < best.rank) and pattern.search(stripped):
-                    best = hit
+            for pattern, hit, rank in self.regexes:
+                if (best is None or rank < best_rank) and pattern.search(stripped):
+                    best, best_rank = hit, rank
         return best
 
 
@@ -153,6 +171,8 @@ class TriggerIndex:
         self.interrupting_text = _TextIndex((hit, key) for hit, key in text_all if hit.interrupting)
         #: Whether any trigger can interrupt a waiting flow by text (checked on every answer).
         self.has_interrupting_text = bool(self.interrupting_text)
+        #: Whether any trigger matches typed text at all.
+        self.has_text = bool(self.text)
 
     def _add(self, hit: TriggerHit, text: list[tuple[TriggerHit, Any]]) -> None:
         kind, value = hit.kind, hit.value
@@ -191,8 +211,9 @@ class TriggerIndex:
 
     def by_text(self, text: str, *, interrupting_only: bool = False) -> TriggerHit | None:
         """The best keyword or regex trigger for typed text."""
-        index = self.interrupting_text if interrupting_only else self.text
-        return index.match(text) if index else None
+        if interrupting_only:
+            return self.interrupting_text.match(text) if self.has_interrupting_text else None
+        return self.text.match(text) if self.has_text else None
 
     def fallback(self) -> TriggerHit | None:
         """The best `when nothing else matches` flow."""

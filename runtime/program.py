@@ -35,6 +35,7 @@ class FlowIndex:
         "flow",
         "id",
         "step_of",
+        "tables",
         "version",
         "where",
     )
@@ -50,6 +51,8 @@ class FlowIndex:
         self.where: dict[str, str] = {}
         #: Per-action values the engine computes once (prebuilt static messages).
         self.cache: dict[Any, Any] = {}
+        #: The engine's per-version run tables, built on first use (see runtime.engine).
+        self.tables: Any = None
         self.first: dict[str, str | None] = {}
         for step_id in flow.steps:
             self.first[step_id] = self._chase(step_id)

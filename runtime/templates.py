@@ -69,16 +69,17 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-# A compiled text: either a plain string, a fast-path part list, or a Jinja template.
-_Part = str | tuple[str] | tuple[str, str]
+# The fast-path form of a text: the literal text before the first lookup, then for each
+# `{{ name }}` / `{{ name.key }}` lookup the name, the key (or None) and the literal after it.
+_Fast = tuple[str, tuple[tuple[str, str | None, str], ...]]
 
 
 class _Compiled:
-    __slots__ = ("names", "parts", "source", "template")
+    __slots__ = ("fast", "names", "source", "template")
 
-    def __init__(self, source: str, parts: tuple[_Part, ...] | None, names: frozenset[str]) -> None:
+    def __init__(self, source: str, fast: _Fast | None, names: frozenset[str]) -> None:
         self.source = source
-        self.parts = parts
+        self.fast = fast
         self.names = names
         self.template: Template | None = None
 
@@ -107,11 +108,27 @@ class Renderer:
         compiled = self._texts.get(source)
         if compiled is None:
             compiled = self._compile(source)
-        parts = compiled.parts
-        if parts is not None:
-            out = self._fast(parts, context)
-            if out is not None:
-                return out
+        fast = compiled.fast
+        if fast is not None:
+            # Literal text and plain lookups, inline (this runs for most texts of most turns).
+            text, lookups = fast
+            for name, key, tail in lookups:
+                value = context.get(name, _MISSING)
+                if key is not None:
+                    # Jinja's sandbox tries the attribute first, then the item; for dicts and
+                    # keys that are not dict attributes (checked at compile time) the item is
+                    # the answer.
+                    if type(value) is not dict:
+                        break
+                    value = value.get(key, _MISSING)
+                if type(value) is str:
+                    text += value + tail
+                elif value is _MISSING or isinstance(value, Undefined):
+                    break  # Jinja knows the globals and words the error message
+                else:
+                    text += str(value) + tail
+            else:
+                return text
         return self._slow(compiled, context)
 
     def _compile(self, source: str) -> _Compiled:
@@ -120,7 +137,7 @@ class Renderer:
         except TemplateSyntaxError as exc:
             raise TemplateError(_reason(exc)) from None
         names = frozenset(meta.find_undeclared_variables(tree))
-        compiled = _Compiled(source, _simple_parts(tree), names)
+        compiled = _Compiled(source, _fast_form(tree), names)
         self._texts[source] = compiled
         return compiled
 
@@ -137,26 +154,6 @@ class Renderer:
             except TemplateError:
                 return None
         return compiled.names
-
-    @staticmethod
-    def _fast(parts: tuple[_Part, ...], context: Mapping[str, Any]) -> str | None:
-        """Render literal text and plain lookups; None means 'let Jinja do it'."""
-        out = []
-        for part in parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            value = context.get(part[0], _MISSING)
-            if len(part) == 2:
-                # Jinja's sandbox tries the attribute first, then the item; for dicts and keys
-                # that are not dict attributes (checked at compile time) the item is the answer.
-                if type(value) is not dict:
-                    return None
-                value = value.get(part[1], _MISSING)
-            if value is _MISSING or isinstance(value, Undefined):
-                return None  # Jinja knows the globals and words the error message
-            out.append(value if type(value) is str else str(value))
-        return "".join(out)
 
     def _slow(self, compiled: _Compiled, context: Mapping[str, Any]) -> str:
         try:
@@ -192,17 +189,21 @@ class Renderer:
         return None
 
 
-def _simple_parts(tree: nodes.Template) -> tuple[_Part, ...] | None:
+def _fast_form(tree: nodes.Template) -> _Fast | None:
     """The fast-path form of a parsed text, or None when it needs real Jinja."""
-    parts: list[_Part] = []
+    head = ""
+    lookups: list[list[Any]] = []
     for node in tree.body:
         if not isinstance(node, nodes.Output):
             return None
         for child in node.nodes:
             if isinstance(child, nodes.TemplateData):
-                parts.append(child.data)
+                if lookups:
+                    lookups[-1][2] += child.data
+                else:
+                    head += child.data
             elif isinstance(child, nodes.Name) and child.ctx == "load":
-                parts.append((child.name,))
+                lookups.append([child.name, None, ""])
             elif (
                 isinstance(child, nodes.Getattr)
                 and isinstance(child.node, nodes.Name)
@@ -210,10 +211,10 @@ def _simple_parts(tree: nodes.Template) -> tuple[_Part, ...] | None:
                 and not child.attr.startswith("_")
                 and not hasattr(dict, child.attr)
             ):
-                parts.append((child.node.name, child.attr))
+                lookups.append([child.node.name, child.attr, ""])
             else:
                 return None
-    return tuple(parts)
+    return head, tuple((name, key, tail) for name, key, tail in lookups)
 
 
 _shared: Renderer | None = None

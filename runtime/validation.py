@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowlang import ir
-from runtime.matching import normalise
+from flowlang.keywords import normalise
 
 _SPACES = " \u00a0\u202f'’"
 _GROUPED_SPACES = re.compile(r"\d{1,3}(?:[ \u00a0\u202f'’]\d{3})+(?:[.,]\d+)?")
@@ -18,10 +18,17 @@ _GROUPED_COMMAS = re.compile(r"\d{1,3}(?:,\d{3})+")
 _DECIMAL_COMMA = re.compile(r"\d*,\d+")
 _PLAIN = re.compile(r"\d+(?:\.\d+)?|\.\d+")
 
-_EMAIL = re.compile(
-    r"(?!\.)(?!.*\.\.)[\w.!#$%&'*+/=?^`{|}~-]+(?<!\.)"  # local part, no leading/trailing/double dot
-    r"@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,}"  # domain labels, then a 2+ letter TLD
-)
+# An email address, checked by `parse_email` in two parts. In Python: no leading dot and no
+# `..` anywhere. Then this pattern: the local part (letters, digits and .!#$%&'*+/=?^`{|}~-,
+# not ending with a dot), `@`, domain labels (letters, digits, `-` and `_`, starting and
+# ending with a letter or digit) each followed by a dot, and a top-level domain of 2+ letters.
+# The quantifiers are possessive (a label cannot hold a dot, so giving characters back never
+# helps) and the label's last character is checked by looking back, which spares the regex
+# engine most of its backtracking. ASCII text gets a copy compiled with re.ASCII: \w means the
+# same there, and is quicker to test.
+_EMAIL_BODY = r"[\w.!#$%&'*+/=?^`{|}~-]+(?<!\.)@(?:[^\W_][\w-]*+(?<![-_])\.)++[^\W\d_]{2,}+"
+_EMAIL_UNICODE = re.compile(_EMAIL_BODY)
+_EMAIL_ASCII = re.compile(_EMAIL_BODY, re.ASCII)
 _PHONE = re.compile(r"\+?[\d\s().-]+")
 PHONE_DIGITS = (7, 15)
 
@@ -85,7 +92,9 @@ def parse_number(text: str) -> int | float | None:
 def parse_email(text: str) -> str | None:
     """An email address (one `@`, a dotted domain, a real top-level domain), as typed."""
     text = text.strip()
-    return text if _EMAIL.fullmatch(text) else None
+    if text[:1] == "." or ".." in text:
+        return None
+    return text if (_EMAIL_ASCII if text.isascii() else _EMAIL_UNICODE).fullmatch(text) else None
 
 
 def parse_phone(text: str) -> str | None:
@@ -156,13 +165,13 @@ _PARSERS: dict[str, Any] = {
 }
 
 
-def _chosen(ask: ir.AskAction, index: int) -> Answer:
+def _chosen(ask: ir.AskAction, index: int) -> tuple[Any, int]:
     title = ask.choices[index].title
     if ask.expect == "choice":
-        return Answer(True, title, index)
+        return title, index
     # An offered choice is always a valid answer; it is stored typed when it reads as one.
     value = _typed(ask, title)
-    return Answer(True, title if value is None else value, index)
+    return (title if value is None else value), index
 
 
 def find_choice(ask: ir.AskAction, text: str | None, payload: str | None) -> int | None:
@@ -187,6 +196,28 @@ def find_choice(ask: ir.AskAction, text: str | None, payload: str | None) -> int
     return None
 
 
+def simple_parser(ask: ir.AskAction) -> Any:
+    """The parser that alone decides the answers to `ask` (`parse_text`, `parse_email`, …):
+    for a question without choices whose `expect` is a built-in kind. None otherwise (then
+    `judge` decides). `parser(text)` is the value to store, or None for a wrong answer."""
+    return None if ask.choices else _PARSERS.get(ask.expect)
+
+
+def judge(ask: ir.AskAction, text: str | None, payload: str | None = None) -> Any:
+    """`check_answer` without the `Answer` wrapper, for the engine's hot path: a
+    `(value, choice)` pair for a good answer, None for a wrong one."""
+    if ask.choices:
+        index = find_choice(ask, text, payload)
+        if index is not None:
+            return _chosen(ask, index)
+    expect = ask.expect
+    if expect == "choice" or text is None:
+        return None
+    parse = _PARSERS.get(expect)
+    value = parse(text) if parse is not None else _typed(ask, text)
+    return None if value is None else (value, None)
+
+
 def check_answer(ask: ir.AskAction, text: str | None, payload: str | None = None) -> Answer:
     """Check a reply against a question.
 
@@ -195,13 +226,5 @@ def check_answer(ask: ir.AskAction, text: str | None, payload: str | None = None
     >>> check_answer(ask, " 42 ")
     Answer(ok=True, value=42, choice=None)
     """
-    if ask.choices:
-        index = find_choice(ask, text, payload)
-        if index is not None:
-            return _chosen(ask, index)
-    expect = ask.expect
-    if expect == "choice" or text is None:
-        return INVALID
-    parse = _PARSERS.get(expect)
-    value = parse(text) if parse is not None else _typed(ask, text)
-    return INVALID if value is None else Answer(True, value)
+    verdict = judge(ask, text, payload)
+    return INVALID if verdict is None else Answer(True, *verdict)

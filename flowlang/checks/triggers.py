@@ -3,39 +3,15 @@ the same postback, quick reply or referral, two Get Started flows, two fallback 
 
 from __future__ import annotations
 
-import unicodedata
-
 from flowlang import ast, codes
 from flowlang.checks.program import Program
 from flowlang.diagnostics import DiagnosticSink, Label
+from flowlang.keywords import normalise as normalise_keyword
 from flowlang.source import Span
 
 _PAYLOAD_WORDS = {"postback": "postback", "quick_reply": "quick reply", "referral": "referral"}
 #: Postbacks and quick replies share one set of payloads: either trigger matches either tap.
 _PAYLOAD_GROUP = {"postback": "payload", "quick_reply": "payload", "referral": "referral"}
-_APOSTROPHES = frozenset("'’ʼ`´")
-
-
-def normalise_keyword(text: str) -> str:
-    """A keyword as the runtime compares it (runtime.matching.words): accents removed, case
-    folded, apostrophes dropped, other punctuation a word break, each emoji a word."""
-    words: list[str] = []
-    word: list[str] = []
-    for char in unicodedata.normalize("NFKD", text):
-        if char in _APOSTROPHES:
-            continue
-        category = unicodedata.category(char)
-        if category[0] in "LN":
-            word.append(char)
-        elif category != "Mn":
-            if word:
-                words.append("".join(word).casefold())
-                word = []
-            if category == "So":
-                words.append(char)
-    if word:
-        words.append("".join(word).casefold())
-    return " ".join(words)
 
 
 def check_triggers(program: Program, sink: DiagnosticSink) -> None:

@@ -113,11 +113,13 @@ def test_chat_reports_compile_errors_and_exits_1(tmp_path: Path) -> None:
 
 def test_chat_faults_go_to_stderr(tmp_path: Path) -> None:
     (tmp_path / "f.flow").write_text(
-        'flow f\n  when user says "f"\n  step s\n    say "{{ user.nickname }}"\n', "utf-8"
+        # Dividing by zero passes the compiler and fails only when the text is rendered.
+        'flow f\n  when user says "f"\n  step s\n    set zero = 0\n    say "{{ 1 / zero }}"\n',
+        "utf-8",
     )
     result = CliRunner().invoke(chat_command, [str(tmp_path), "--json"], input="f\n")
     assert result.exit_code == 0
-    assert "f.flow:4" in result.stderr and "nickname" in result.stderr
+    assert "f.flow:5" in result.stderr and "division by zero" in result.stderr
     assert _texts(result.stdout) == ["Sorry, something went wrong on our side. Please try again."]
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from engine_kit import compile_flows
 
-from runtime.matching import TriggerIndex, normalise, words
+from flowlang.keywords import normalise, words
+from runtime.matching import TriggerIndex
 
 
 @pytest.mark.parametrize(
