@@ -26,12 +26,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Checks the example flows, runs their transcripts, and plays the lead-generation conversation.
-# (The Messenger server and its local emulator join this target with the server issue.)
+# The server on flows/ (fresh SQLite file) with the local Messenger emulator as its Graph API.
+# Then, in another terminal: .venv/bin/flowc say "I'm interested in a demo"   (Ctrl-C stops)
 run: $(STAMP)
-	$(BIN)/flowc check flows/
-	$(BIN)/flowc test flows/
-	printf 'I am interested in pricing\nAda\nada@example.com\n' | $(BIN)/flowc chat flows/ --json
+	bash scripts/run-local.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py

@@ -162,11 +162,23 @@ def _optional(module: str, name: str) -> list[click.Command]:
     return [command] if isinstance(command, click.Command) else []
 
 
-#: The commands `flowc` adds: chat, plus `test` and `db` when their modules are present.
+def _optional_list(module: str, name: str) -> list[click.Command]:
+    """A list of commands from another package (the server's), when it is installed and loads.
+    Imported by name: the runtime does not depend on the server."""
+    try:
+        commands = getattr(importlib.import_module(module), name)
+    except Exception:  # a missing or broken server must not take the runtime commands down
+        return []
+    return [c for c in commands if isinstance(c, click.Command)]
+
+
+#: The commands `flowc` adds: chat, plus `test`, `db` and the server's (`serve`, `page`)
+#: when their modules are present.
 COMMANDS: list[click.Command] = [
     chat_command,
     *_optional("runtime.testcli", "test_command"),
     *_optional("runtime.dbcli", "db_group"),
+    *_optional_list("server.commands", "SERVER_COMMANDS"),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -126,4 +127,43 @@ message_log = Table(
         sqlite_where=text(UNACKNOWLEDGED),
         postgresql_where=text(UNACKNOWLEDGED),
     ),
+)
+
+# A 64-bit id on PostgreSQL (an inbox at 1,000 events/s exhausts 32 bits in weeks); SQLite's
+# INTEGER PRIMARY KEY is already 64-bit and must stay spelled INTEGER to be the rowid.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+#: Every event received on the webhook, stored (and de-duplicated by `event_key`) before the
+#: 200 is sent: the durable inbox the server processes in id order per conversation.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("page_id", String(64), nullable=False),
+    # None for page-level events (policy enforcement, app roles, plugin opt-ins).
+    Column("psid", String(64)),
+    Column("event_key", String(255), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("received_at", _Time, nullable=False),
+    # pending | done | failed | ignored | unknown_page
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("processed_at", _Time),
+    Column("error", Text),
+    # Start-up loads the pending events in id order.
+    Index(None, "status", "id"),
+)
+
+#: The Facebook Pages the server answers for, with their access tokens encrypted at rest.
+pages = Table(
+    "pages",
+    metadata,
+    Column("page_id", String(64), primary_key=True),
+    Column("name", String),
+    Column("token_encrypted", Text, nullable=False),
+    # False after the Graph API refused the token (error 190): sends wait for a new token.
+    Column("healthy", Boolean, nullable=False),
+    Column("last_error", Text),
+    Column("updated_at", _Time, nullable=False),
 )

@@ -1,0 +1,723 @@
+"""Processing one stored webhook event: the flow step and everything it changes, atomically.
+
+A user event (message, postback, referral) is ONE database transaction: claim the event,
+log the inbound message, load the conversation, run the engine (`advance`), save the state
+with its version check, add the replies to the message log as 'pending' (the durable outbox)
+and mark the event done. A crash anywhere redoes the whole event or nothing. Then the sender
+is told the conversation has messages to send. A user's profile (`user.*`) is fetched from
+the User Profile API before their first event (or, with `profiles_when_read`, before the
+first turn that reads it) and kept in `contacts`.
+
+The transactions of many events (of different conversations: the dispatcher never runs two
+of one conversation at once) share one commit: `GroupCommit` runs them back to back on a
+writer thread and commits them together, which on SQLite halves the cost of an event. If one
+of them fails, each is run again in a transaction of its own, so one bad event never takes
+the others down.
+
+Other kinds: echoes are recorded (the inbox row) and never reach a flow; deliveries and reads
+mark sent messages up to their watermark; hand-over events switch the bot off or on; standby
+events (another app owns the thread) are recorded only, apart from their receipts. Events for
+pages that are not configured are stored with status 'unknown_page' and not processed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from flowlang.ir import PAGE_INBOX_APP_ID
+from runtime import tables
+from runtime.engine import RuntimeFault, advance, take_back
+from runtime.events import Inbound, Outbound
+from runtime.program import ProgramView
+from runtime.state import ConversationState, Frame
+from runtime.store import Contact, SqlStore
+from server.inbox import FINISH, EventStatus, Inbox, StoredEvent, write_lock
+from server.messenger import EventKind, WebhookEvent, to_inbound
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+
+#: Kinds a flow answers.
+USER_KINDS = frozenset({"message", "postback", "referral"})
+#: Kinds that are only recorded, with their final status: the ingress settles them at once
+#: (when their page is known), so they cost no processing at all.
+RECORD_ONLY: dict[str, EventStatus] = {
+    "echo": "done",  # our own messages, or a person's from the Page Inbox: never answered
+    "reaction": "ignored",
+    "optin": "ignored",
+    "message_edit": "ignored",
+    "request_thread_control": "ignored",
+    "app_roles": "ignored",
+    "account_linking": "ignored",
+    "unknown": "ignored",
+}
+#: How long a page id is trusted as configured (or not) before the pages table is asked again.
+PAGE_CACHE_SECONDS = 30.0
+UNKNOWN_PAGE_CACHE_SECONDS = 5.0
+#: After a failed profile fetch, how long to answer that user without one before trying again.
+PROFILE_RETRY_SECONDS = 300.0
+#: Profiles kept in memory (the contacts table has them all).
+PROFILE_CACHE_SIZE = 100_000
+#: Saves retried when someone else saved the conversation meanwhile (another process).
+MAX_CONFLICTS = 3
+#: Events per group-commit transaction: enough to amortize the commit, few enough that the
+#: write lock is never held long (webhook acks wait for it on SQLite).
+MAX_BATCH = 16
+
+_PROFILE_TEXT = ("first_name", "last_name", "profile_pic", "locale", "gender")
+
+
+@dataclass
+class Outcome:
+    """What processing an event did."""
+
+    status: EventStatus
+    outbound: int = 0
+    faults: list[RuntimeFault] = field(default_factory=list)
+    already_handled: bool = False
+    #: The turn read `user.*` from a profile not fetched yet: nothing was written.
+    needs_profile: bool = False
+
+
+class ProfileProbe(Mapping[str, Any]):
+    """An empty profile that remembers being read. The engine builds its template context
+    (and so reads the profile) only when a text or expression needs it, so a turn run with
+    a probe that stayed untouched is exactly the turn the real profile would give: the
+    User Profile API is called only for users whose flows show `user.*`."""
+
+    def __init__(self) -> None:
+        self.touched = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.touched = True
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self.touched = True
+        return iter(())
+
+    def __len__(self) -> int:
+        self.touched = True
+        return 0
+
+
+class _Conflict(Exception):
+    """The conversation changed since it was loaded: roll back and run the event again."""
+
+
+# ----------------------------------------------------------------------------- statements
+
+_CONV = tables.conversations
+_CC = _CONV.c
+_STATE_COLUMNS = (
+    "flow_id",
+    "flow_version",
+    "step",
+    "position",
+    "status",
+    "tries",
+    "handed_over",
+    "variables",
+    "stack",
+    "state_version",
+)
+_LOAD = select(*(_CC[name] for name in _STATE_COLUMNS), _CC.version).where(
+    _CC.page_id == bindparam("page_id"), _CC.psid == bindparam("psid")
+)
+_UPDATE = (
+    update(_CONV)
+    .where(
+        _CC.page_id == bindparam("key_page_id"),
+        _CC.psid == bindparam("key_psid"),
+        _CC.version == bindparam("expected_version"),
+    )
+    .values(
+        {
+            **{name: bindparam(f"new_{name}", type_=_CC[name].type) for name in _STATE_COLUMNS},
+            "version": _CC.version + 1,
+            "updated_at": bindparam("new_updated_at", type_=_CC.updated_at.type),
+        }
+    )
+)
+_INSERT = {
+    name: dialect.insert(_CONV)
+    .on_conflict_do_nothing(index_elements=["page_id", "psid"])
+    .returning(_CC.version)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+_LOG = tables.message_log
+_LOG_INBOUND = {
+    name: dialect.insert(_LOG).on_conflict_do_nothing(index_elements=["mid"])
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+_LOG_OUTBOUND = _LOG.insert()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load(conn: Connection, page_id: str, psid: str) -> ConversationState:
+    row = conn.execute(_LOAD, {"page_id": page_id, "psid": psid}).first()
+    if row is None:
+        return ConversationState(page_id=page_id, psid=psid)
+    values = {name: getattr(row, name) for name in _STATE_COLUMNS}
+    values["stack"] = [Frame(**frame) for frame in values["stack"]]
+    return ConversationState(page_id=page_id, psid=psid, version=row.version, **values)
+
+
+def _save(conn: Connection, insert: Any, state: ConversationState) -> None:
+    now = _now()
+    values: dict[str, Any] = {name: getattr(state, name) for name in _STATE_COLUMNS}
+    values["stack"] = [asdict(frame) for frame in state.stack]
+    if state.version == 0:
+        values.update(
+            page_id=state.page_id, psid=state.psid, version=1, created_at=now, updated_at=now
+        )
+        if conn.execute(insert, values).first() is None:
+            raise _Conflict
+        return
+    params = {f"new_{name}": value for name, value in values.items()}
+    params.update(
+        key_page_id=state.page_id,
+        key_psid=state.psid,
+        expected_version=state.version,
+        new_updated_at=now,
+    )
+    if conn.execute(_UPDATE, params).rowcount != 1:
+        raise _Conflict
+
+
+def outbound_body(item: Outbound) -> dict[str, Any]:
+    """The message_log body of an outbound item, as the sender reads it."""
+    return {"payload": item.body, "tag": item.tag, "seconds": item.seconds, "source": item.source}
+
+
+def inbound_body(event: Inbound) -> dict[str, Any]:
+    """The message_log body of a user's message (what a person reading the log needs)."""
+    body: dict[str, Any] = {}
+    if event.text is not None:
+        body["text"] = event.text
+    if event.payload is not None:
+        body["payload"] = event.payload
+    if event.ref is not None:
+        body["ref"] = event.ref
+    if event.attachments:
+        body["attachments"] = list(event.attachments)
+    return body
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _contact(page_id: str, psid: str, data: dict[str, Any]) -> Contact:
+    """A contact from a User Profile API answer, keeping only values of the expected types."""
+    values: dict[str, Any] = {name: _text(data.get(name)) for name in _PROFILE_TEXT}
+    timezone = data.get("timezone")
+    is_number = isinstance(timezone, int | float) and not isinstance(timezone, bool)
+    values["timezone"] = float(timezone) if is_number else None
+    return Contact(page_id, psid, **values)
+
+
+def _watermark(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+# ----------------------------------------------------------------------------- group commit
+
+Job = Callable[[Connection], _R]
+
+
+class GroupCommit:
+    """Runs jobs (functions of a connection) on writer threads, several per transaction.
+
+    `await run(job)` returns the job's result once its transaction is committed. A job may
+    run more than once (after a failure of another job in its batch, or a `_Conflict`), so it
+    must read what it needs inside the transaction. SQLite gets one writer thread (its writes
+    are serial anyway); PostgreSQL several, each with its own connection."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lock: AbstractContextManager[Any] | None = None,
+        threads: int | None = None,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self.engine = engine
+        self._lock = lock if lock is not None else write_lock(engine)
+        sqlite_ = engine.dialect.name == "sqlite"
+        self._threads = threads or (1 if sqlite_ else 4)
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[tuple[Job[Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._workers: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the writer threads (call from the event loop that awaits `run`)."""
+        if self._workers:
+            return
+        self._loop = asyncio.get_running_loop()
+        for n in range(self._threads):
+            worker = threading.Thread(target=self._work, name=f"flow-commit-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the queued jobs, then stop the threads."""
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(timeout)
+        self._workers = []
+
+    async def run(self, job: Job[_R]) -> _R:
+        """Run `job` in a transaction (shared with other jobs); raises what it raised."""
+        if self._loop is None or not self._workers:
+            raise RuntimeError("the group commit is not running")
+        future: asyncio.Future[_R] = self._loop.create_future()
+        self._queue.put((job, future))
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # for this thread's next turn: finish, then stop
+                    break
+                batch.append(more)
+            self._execute(batch)
+
+    def _execute(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
+        outcomes: list[Any] = []
+        try:
+            with self._lock, self.engine.begin() as conn:
+                for job, _ in batch:
+                    outcomes.append(job(conn))
+        except Exception:
+            # Something in the batch failed and everything rolled back: give every job a
+            # transaction of its own, so that only the failing one fails.
+            outcomes = [self._alone(job) for job, _ in batch]
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self._loop.call_soon_threadsafe(_resolve, [f for _, f in batch], outcomes)
+
+    def _alone(self, job: Job[Any]) -> Any:
+        for _ in range(MAX_CONFLICTS):
+            try:
+                with self._lock, self.engine.begin() as conn:
+                    return job(conn)
+            except _Conflict:
+                continue  # someone else saved the conversation: load it again
+            except Exception as e:
+                return _Failed(e)
+        return _Failed(RuntimeError("the conversation keeps changing under us"))
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: Exception
+
+
+def _resolve(futures: list[asyncio.Future[Any]], outcomes: list[Any]) -> None:
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue  # the waiting task was cancelled (shutdown)
+        if isinstance(outcome, _Failed):
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome)
+
+
+# ----------------------------------------------------------------------------- processor
+
+
+class Processor:
+    """Processes stored events (see the module docstring). `handle` is the dispatcher's
+    handler: it raises on errors worth retrying (the database, a bug) and records the rest.
+
+    - `program()` returns the running program (it changes on reload);
+    - `pages` is the `PageRegistry` (which pages exist, their tokens for profile calls);
+    - `graph` fetches user profiles (None: no profiles);
+    - `notify(page_id, psid)` tells the sender a conversation has new outbound messages;
+    - `app_id` is our Meta app id, to tell hand-overs to us from hand-overs away;
+    - `profiles_when_read`: fetch a user's profile only when a turn reads `user.*` (see
+      `ProfileProbe`) instead of before their first event. Fewer Graph calls (they count
+      against the page's rate limit) and a faster first answer when the flows never show the
+      profile; off by default, as the design asks for the profile on first contact."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        program: Callable[[], ProgramView | None],
+        pages: Any,
+        graph: Any = None,
+        metrics: Metrics | None = None,
+        notify: Callable[[str, str], None] | None = None,
+        app_id: str | None = None,
+        threads: int = 4,
+        writers: int | None = None,
+        profiles_when_read: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.inbox = Inbox(engine)
+        self.store = SqlStore(engine)
+        self._lock = self.inbox.lock
+        self._insert = _INSERT[engine.dialect.name]
+        self._log_inbound = _LOG_INBOUND[engine.dialect.name]
+        self._program = program
+        self._pages = pages
+        self._graph = graph
+        self.metrics = metrics or Metrics()
+        self._notify = notify
+        self.app_id = app_id
+        self.profiles_when_read = profiles_when_read
+        # Reads (pages, contacts) and receipts; the event transactions go to `_commit`.
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="flow-process")
+        self._commit = GroupCommit(engine, lock=self._lock, threads=writers)
+        self._page_cache: dict[str, tuple[float, Any]] = {}
+        self._tokens: dict[str, tuple[float, str | None]] = {}
+        self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
+        self._profile_retry: dict[tuple[str, str], float] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def start(self) -> None:
+        """Start the writer threads (call from the running event loop)."""
+        self._commit.start()
+
+    def close(self) -> None:
+        """Stop the threads (after the dispatcher stopped)."""
+        self._commit.stop()
+        self._executor.shutdown(wait=True)
+
+    async def _thread(self, fn: Callable[..., _R], *args: Any) -> _R:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ------------------------------------------------------------------ the dispatcher's API
+
+    async def handle(self, event: StoredEvent) -> None:
+        """Process one event; raises when it should be tried again."""
+        started = time.perf_counter()
+        kind = event.kind
+        page = await self._page(event.page_id)
+        if page is None:
+            log.warning(
+                "event %s is for page %s, which is not configured (flowc page add): "
+                "stored, not processed",
+                event.id,
+                event.page_id or "(none)",
+            )
+            outcome = await self._commit.run(partial(self._finish, event, "unknown_page"))
+        elif kind in USER_KINDS and event.psid is not None:
+            inbound = to_inbound(kind, event.payload)
+            if inbound is None:
+                outcome = await self._commit.run(partial(self._finish, event, "ignored"))
+            else:
+                view = self._program()
+                if view is None:
+                    raise RuntimeError("the flows are not loaded")
+                page_vars = {"id": event.page_id}
+                if getattr(page, "name", None):
+                    page_vars["name"] = page.name
+                profile: Mapping[str, Any] | None = self._known_profile(event.page_id, event.psid)
+                if profile is None:
+                    if self.profiles_when_read:
+                        profile = ProfileProbe()
+                    else:
+                        profile = await self._profile(event.page_id, event.psid)
+                job = partial(self._turn, event, inbound, view, profile, page_vars)
+                outcome = await self._commit.run(job)
+                if outcome.needs_profile:
+                    profile = await self._profile(event.page_id, event.psid)
+                    job = partial(self._turn, event, inbound, view, profile, page_vars)
+                    outcome = await self._commit.run(job)
+        else:
+            outcome = await self._other(event)
+        for fault in outcome.faults:
+            self.metrics.runtime_faults.inc()
+            log.warning("conversation %s/%s: %s", event.page_id, event.psid, fault)
+        if outcome.outbound and self._notify is not None and event.psid is not None:
+            self._notify(event.page_id, event.psid)
+        if not outcome.already_handled:
+            self._processed(kind, outcome.status).inc()
+        self.metrics.processing_seconds.observe(time.perf_counter() - started)
+        self.metrics.event_lag_seconds.observe(
+            max(0.0, (_now() - event.received_at).total_seconds())
+        )
+
+    async def on_failure(
+        self, event: StoredEvent, attempt: int, error: BaseException, final: bool
+    ) -> None:
+        """The dispatcher's failure hook: count the attempt, or give the event up."""
+        reason = f"{type(error).__name__}: {error}"
+        if final:
+            await self._thread(self._give_up, event, reason)
+            self.metrics.events_failed.labels(event.kind).inc()
+            log.error("event %s (%s) failed for good: %s", event.id, event.kind, reason)
+        else:
+            await self._thread(self.inbox.record_attempt, event.id, attempt, reason)
+
+    def _processed(self, kind: str, status: str) -> Any:
+        child = self._counters.get((kind, status))
+        if child is None:
+            child = self._counters[(kind, status)] = self.metrics.events_processed.labels(
+                kind, status
+            )
+        return child
+
+    def _give_up(self, event: StoredEvent, reason: str) -> None:
+        self.inbox.finish(event.id, "failed", error=reason)
+
+    # ------------------------------------------------------------------ pages and profiles
+
+    async def _page(self, page_id: str) -> Any:
+        now = time.monotonic()
+        cached = self._page_cache.get(page_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        page = await self._thread(self._pages.get, page_id) if page_id else None
+        ttl = PAGE_CACHE_SECONDS if page is not None else UNKNOWN_PAGE_CACHE_SECONDS
+        self._page_cache[page_id] = (now + ttl, page)
+        return page
+
+    def settle(self, event: WebhookEvent) -> EventStatus | None:
+        """The final status of an event that needs no processing (see RECORD_ONLY; standby
+        events other than receipts), for the ingress; None when it must be processed. Only
+        for pages known to be configured: the others' events go the long way and end up
+        'unknown_page'. Thread-safe (reads the page cache only)."""
+        kind = event.kind
+        if kind == "standby":
+            status: EventStatus | None = (
+                None if event.inner_kind in ("delivery", "read") else "ignored"
+            )
+        else:
+            status = RECORD_ONLY.get(kind)
+        if status is None:
+            return None
+        cached = self._page_cache.get(event.page_id)
+        if cached is None or cached[1] is None or cached[0] <= time.monotonic():
+            return None
+        return status
+
+    def forget_pages(self) -> None:
+        """Ask the pages table again for every page (after `flowc page add` or remove)."""
+        self._page_cache.clear()
+        self._tokens.clear()
+
+    def _known_profile(self, page_id: str, psid: str) -> dict[str, Any] | None:
+        """The profile when it is in memory ({} while a failed fetch waits to be retried);
+        None when it would take the database or the Graph API to know it."""
+        key = (page_id, psid)
+        cached = self._profiles.get(key)
+        if cached is not None:
+            return cached
+        if self._profile_retry.get(key, 0.0) > time.monotonic():
+            return {}
+        return None
+
+    async def _profile(self, page_id: str, psid: str) -> dict[str, Any]:
+        """The user's profile for `user.*`: from memory, the contacts table, or (on first
+        contact) the User Profile API. Never fails: a failed fetch is an empty profile."""
+        key = (page_id, psid)
+        cached = self._profiles.get(key)
+        if cached is not None:
+            return cached
+        if self._profile_retry.get(key, 0.0) > time.monotonic():
+            return {}  # the last fetch failed a moment ago
+        contact = await self._thread(self.store.get_contact, page_id, psid)
+        if contact is None:
+            if self._graph is None:
+                return {}
+            contact = await self._fetch_profile(page_id, psid)
+            if contact is None:
+                self._profile_retry[key] = time.monotonic() + PROFILE_RETRY_SECONDS
+                return {}
+            self._profile_retry.pop(key, None)
+        profile = {k: v for k, v in contact.user_variables().items() if v is not None}
+        if len(self._profiles) >= PROFILE_CACHE_SIZE:
+            self._profiles.clear()  # cheap and rare; the contacts table still has them
+        self._profiles[key] = profile
+        return profile
+
+    async def _fetch_profile(self, page_id: str, psid: str) -> Contact | None:
+        try:
+            token = await self._token(page_id)
+            if not token:
+                return None
+            data = await self._graph.get_profile(token, psid)
+            contact = _contact(page_id, psid, data if isinstance(data, dict) else {})
+            await self._thread(self._save_contact, contact)
+        except Exception as e:  # no profile is better than no answer
+            log.info("no profile for %s/%s: %s", page_id, psid, e)
+            return None
+        return contact
+
+    async def _token(self, page_id: str) -> str | None:
+        now = time.monotonic()
+        cached = self._tokens.get(page_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        token = await self._thread(self._pages.token, page_id)
+        self._tokens[page_id] = (now + PAGE_CACHE_SECONDS, token)
+        return token
+
+    def _save_contact(self, contact: Contact) -> None:
+        with self._lock:
+            self.store.save_contact(contact)
+
+    # ------------------------------------------------------------------ transactions (jobs)
+
+    def _finish(self, event: StoredEvent, status: EventStatus, conn: Connection) -> Outcome:
+        handled = not self._claim(conn, event, status)
+        return Outcome(status, already_handled=handled)
+
+    def _turn(
+        self,
+        event: StoredEvent,
+        inbound: Inbound,
+        view: ProgramView,
+        profile: Mapping[str, Any],
+        page_vars: dict[str, Any],
+        conn: Connection,
+    ) -> Outcome:
+        """A user event: the whole step in one transaction (see the module docstring).
+        With a `ProfileProbe` that the step reads, nothing is written: the caller fetches
+        the profile and runs the event again."""
+        assert event.psid is not None
+        state = _load(conn, event.page_id, event.psid)
+        turn = None
+        if not state.handed_over:  # else a person has the thread: record only
+            turn = advance(view, state, inbound, profile=profile, page=page_vars)
+            if isinstance(profile, ProfileProbe) and profile.touched:
+                return Outcome("pending", needs_profile=True)
+        if not self._claim(conn, event, "done"):
+            return Outcome("done", already_handled=True)
+        body = inbound_body(inbound)
+        conn.execute(
+            self._log_inbound,
+            self._log_row(event, "inbound", inbound.kind, body, mid=inbound.mid),
+        )
+        if turn is None:
+            return Outcome("done")
+        _save(conn, self._insert, turn.state)
+        rows = [
+            self._log_row(event, "outbound", item.kind, outbound_body(item)) for item in turn.outbox
+        ]
+        if rows:
+            conn.execute(_LOG_OUTBOUND, rows)
+        return Outcome("done", outbound=len(rows), faults=turn.faults)
+
+    def _handover(self, event: StoredEvent, psid: str, ours: bool, conn: Connection) -> Outcome:
+        if not self._claim(conn, event, "done"):
+            return Outcome("done", already_handled=True)
+        state = _load(conn, event.page_id, psid)
+        new = take_back(state) if ours else replace(state, handed_over=True)
+        _save(conn, self._insert, new)
+        return Outcome("done")
+
+    # ------------------------------------------------------------------ other kinds
+
+    async def _other(self, event: StoredEvent) -> Outcome:
+        """Every event that is not a user event for a flow."""
+        kind: EventKind = event.kind
+        psid = event.psid
+        inner = event.inner_kind
+        if psid is not None and inner in ("delivery", "read"):
+            await self._thread(self._receipt, event.page_id, psid, inner, event.payload[inner])
+            status: EventStatus = "done"
+        elif kind == "standby":
+            status = "ignored"  # another app owns the thread: recorded only
+        elif psid is not None and kind in ("pass_thread_control", "take_thread_control"):
+            body = event.payload[kind]
+            ours = self._owned_by_us(kind, body.get("new_owner_app_id"))
+            outcome = await self._commit.run(partial(self._handover, event, psid, ours))
+            log.info(
+                "conversation %s/%s %s",
+                event.page_id,
+                psid,
+                "is back with the bot" if ours else "was handed over",
+            )
+            return outcome
+        else:
+            if kind == "policy_enforcement":
+                log.error("Meta policy enforcement on page %s: %s", event.page_id, event.payload)
+            status = RECORD_ONLY.get(kind, "ignored")
+        return await self._commit.run(partial(self._finish, event, status))
+
+    def _receipt(self, page_id: str, psid: str, kind: str, body: dict[str, Any]) -> None:
+        # Idempotent (watermarks), so it need not share the event's transaction.
+        watermark = _watermark(body.get("watermark"))
+        if watermark is None:
+            return
+        with self._lock:
+            if kind == "delivery":
+                mids = [m for m in body.get("mids") or () if isinstance(m, str)]
+                self.store.mark_delivered(page_id, psid, watermark, mids)
+            else:
+                self.store.mark_read(page_id, psid, watermark)
+
+    def _owned_by_us(self, kind: str, new_owner: Any) -> bool:
+        owner = None if new_owner is None else str(new_owner)
+        if self.app_id is not None:
+            return owner == self.app_id
+        # Without our app id: a pass_thread_control is delivered to the app receiving the
+        # thread (us, unless it names the Page Inbox); a take_thread_control to the app that
+        # lost it (us).
+        return kind == "pass_thread_control" and owner != PAGE_INBOX_APP_ID
+
+    @staticmethod
+    def _claim(conn: Connection, event: StoredEvent, status: EventStatus) -> bool:
+        params = {"event_id": event.id, "new_status": status, "new_error": None, "now": _now()}
+        return conn.execute(FINISH, params).rowcount == 1
+
+    @staticmethod
+    def _log_row(
+        event: StoredEvent,
+        direction: str,
+        kind: str,
+        body: dict[str, Any],
+        *,
+        mid: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "page_id": event.page_id,
+            "psid": event.psid,
+            "direction": direction,
+            "mid": mid,
+            "kind": kind,
+            "body": body,
+            "status": "received" if direction == "inbound" else "pending",
+            "created_at": _now(),
+        }

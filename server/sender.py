@@ -1,0 +1,715 @@
+"""The outbox sender: delivers pending outbound `message_log` rows to the Graph API, in order.
+
+The processor writes what a turn says as outbound rows (status "pending", body
+`{"payload", "tag", "seconds", "source"}`, kind "message" | "sender_action" | "pause" |
+"pass_thread" | "take_thread") in the same transaction as the conversation state, then calls
+`Sender.notify(page_id, psid)`. The sender then:
+
+- sends each conversation's rows in id order, one at a time: the next goes out after Meta
+  accepted the previous one (reference §15.6: concurrent sends scramble the order);
+- runs conversations concurrently (at most `max_in_flight` calls at once, `max_in_flight_per_page`
+  for one page, so a slow page cannot take every connection), and a conversation that waits
+  (a `pause` row, a backoff) holds no connection and blocks nobody;
+- limits each page to `rate` calls per second (`server.ratelimit`);
+- retries transient and rate-limit errors with exponential backoff and jitter, keeping the
+  order; a rate-limit error also pauses the page's other conversations for that delay;
+- on a rejected token (190) marks the page unhealthy and leaves its rows pending; they go out
+  when the token is replaced (`flowc page add`), which the sender notices within
+  `page_check_interval` seconds;
+- records the outcome on the row: "sent" with Meta's message id as `mid` and `sent_at`, or
+  "failed" with `error_code`, `error_subcode` and `error_message` (an unreachable user, a closed
+  24-hour window, any permanent error, or retries exhausted);
+- at start, resumes every pending row.
+
+Delivery is at least once: a row whose send was in flight when the process died is sent again
+after the restart (the Send API has no idempotency key), and so is a send that timed out but
+had in fact reached Meta. Everything else goes out exactly once. (A `pause` cut short by a
+restart is waited again in full.)
+
+Status updates of all conversations are written in batches by one writer task (one transaction
+per batch), and the rows of all notified conversations are read by one loader task: the
+database sees a few statements per batch, not several per message. Both run in worker threads
+(SQLAlchemy is synchronous)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Engine, bindparam, exc, select, text, update
+
+from runtime import tables
+from server.graph import (
+    DEFAULT_MAX_CONNECTIONS,
+    ErrorKind,
+    GraphClient,
+    GraphError,
+    message_body,
+    sender_action_body,
+)
+from server.pages import PageCredentials, PageRegistry
+from server.ratelimit import PageRateLimiter
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (page_id, psid)
+T = TypeVar("T")
+Outcome = Literal["sent", "failed", "retry", "held"]
+
+#: At most this many conversations per query when loading rows.
+_LOAD_CHUNK = 500
+#: Rows per query when resuming everything at start.
+_RESUME_PAGE = 2000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for transient and rate-limit errors.
+
+    Attempt n waits `min(max_delay, base_delay * 2**(n-1))`, shortened by up to `jitter` (a
+    fraction) at random so that conversations failing together do not retry together. Meta's
+    own hint (Retry-After, estimated_time_to_regain_access) is honoured up to `max_hint`. After
+    `max_attempts` failed attempts the row is marked failed with the last error."""
+
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+    max_attempts: int = 10
+    jitter: float = 0.5
+    max_hint: float = 3600.0
+
+    def delay(self, attempt: int, rng: random.Random, hint: float | None = None) -> float:
+        """Seconds to wait after the `attempt`-th failure (1-based)."""
+        backoff = min(self.max_delay, self.base_delay * 2 ** max(0, attempt - 1))
+        backoff *= 1.0 - self.jitter * rng.random()
+        if hint:
+            backoff = max(backoff, min(hint, self.max_hint))
+        return backoff
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """One attempt's outcome, for metrics.
+
+    outcome: "sent"; "failed" (final, recorded on the row); "retry" (will be tried again
+    after a backoff); "held" (the page's token was rejected: the row stays pending).
+    `error_code` is "code" or "code/subcode" ("-" when Meta gave none); `seconds` is the Graph
+    API call's duration (0 for pauses)."""
+
+    page_id: str
+    psid: str
+    row_id: int
+    kind: str
+    outcome: Outcome
+    error_kind: ErrorKind | None = None
+    error_code: str | None = None
+    seconds: float = 0.0
+
+
+#: Called with every `SendResult`, e.g. to count sends in Prometheus:
+#: `on_result=lambda r: metrics.send_outcome(r.outcome, r.error_code)`.
+SendHook = Callable[[SendResult], None]
+
+
+@dataclass
+class _Row:
+    id: int
+    kind: str
+    body: dict[str, Any]
+    attempts: int = 0
+
+
+@dataclass
+class _Conversation:
+    key: Key
+    rows: deque[_Row] = field(default_factory=deque)
+    last_id: int = 0  # highest row id queued
+    done_id: int = 0  # highest row id whose outcome is recorded (or queued for writing)
+    flushed: asyncio.Future[None] | None = None  # the batch holding our last status write
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Batch:
+    rows: list[dict[str, Any]]
+    done: asyncio.Future[None]
+
+
+class _Hold(Exception):
+    """The page cannot send now (token rejected or page unknown): keep the rows pending."""
+
+
+_M = tables.message_log
+_MC = _M.c
+_TIME = _MC.sent_at.type
+# Literal predicates, so that an index on pending rows (WHERE status = 'pending') can serve them.
+_PENDING_OUT = text("status = 'pending' AND direction = 'outbound'")
+_LOAD_COLUMNS = (_MC.id, _MC.page_id, _MC.psid, _MC.kind, _MC.body)
+_LOAD_FOR = (
+    select(*_LOAD_COLUMNS)
+    .where(
+        _PENDING_OUT,
+        _MC.page_id == bindparam("page_id"),
+        _MC.psid.in_(bindparam("psids", expanding=True)),
+    )
+    .order_by(_MC.id)
+)
+_RESUME = (
+    select(*_LOAD_COLUMNS)
+    .where(_PENDING_OUT, _MC.id > bindparam("after"))
+    .order_by(_MC.id)
+    .limit(_RESUME_PAGE)
+)
+_RECORD = (
+    update(_M)
+    .where(_MC.id == bindparam("row_id"), _MC.status == "pending")
+    .values(
+        status=bindparam("new_status"),
+        mid=bindparam("new_mid"),
+        sent_at=bindparam("new_sent_at", type_=_TIME),
+        error_code=bindparam("new_error_code"),
+        error_subcode=bindparam("new_error_subcode"),
+        error_message=bindparam("new_error_message"),
+    )
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Sender:
+    """Sends the outbox. Create it inside the running event loop's lifetime, `await start()`,
+    call `notify` after each committed turn, `await stop()` at shutdown."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        graph: GraphClient,
+        pages: PageRegistry,
+        *,
+        limiter: PageRateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        on_result: SendHook | None = None,
+        max_in_flight: int = DEFAULT_MAX_CONNECTIONS,
+        max_in_flight_per_page: int | None = None,
+        page_check_interval: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.graph = graph
+        self.pages = pages
+        self.limiter = limiter or PageRateLimiter()
+        self.retry = retry or RetryPolicy()
+        self.on_result = on_result
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_per_page = max_in_flight_per_page or max(1, max_in_flight // 2)
+        self.page_check_interval = page_check_interval
+        self._rng = rng or random.Random()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._page_slots: dict[str, asyncio.Semaphore] = {}
+        self._credentials: dict[str, PageCredentials] = {}
+        self._conversations: dict[Key, _Conversation] = {}
+        # (page_id, psid) -> highest row id already handled, for conversations that went idle
+        # while a load was running: that load may still see their rows as pending.
+        self._idle_marks: dict[Key, int] = {}
+        # Conversations waiting for their page to get a (new) token.
+        self._held: dict[str, set[Key]] = {}
+        #: Tokens Meta refused, by page: a re-read of the pages table that races with the
+        #: write of that refusal must not make the page healthy again.
+        self._refused: dict[str, str] = {}
+        self._notified: set[Key] = set()
+        self._resume = False
+        self._loading = False
+        self._wake_loader = asyncio.Event()
+        self._batch: _Batch | None = None
+        self._writing = False
+        self._wake_writer = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._db_calls: set[asyncio.Future[Any]] = set()
+        self._warned_unknown: set[str] = set()
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Read the pages, start the loader, writer and page monitor, and resume every
+        pending row. Raises `CryptoError` when the stored tokens cannot be decrypted."""
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.max_in_flight)
+        self._credentials = await self._db(self.pages.credentials)
+        self._resume = True
+        self._wake_loader.set()
+        self._tasks = [
+            asyncio.create_task(self._loader(), name="sender-loader"),
+            asyncio.create_task(self._writer(), name="sender-writer"),
+            asyncio.create_task(self._monitor(), name="sender-pages"),
+        ]
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending. Rows being sent stay pending (they are sent again at the next
+        start); outcomes already known are written first."""
+        loader, writer, monitor = self._tasks or (None, None, None)
+        workers = [c.task for c in self._conversations.values() if c.task is not None]
+        for task in (loader, monitor, *workers):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (loader, monitor, *workers) if t), return_exceptions=True)
+        if writer is not None:
+            # Let the writer drain what is queued, then end it.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drain_writes(), timeout)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        if self._db_calls:
+            await asyncio.wait(set(self._db_calls), timeout=timeout)
+        self._tasks = []
+
+    async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking database work in a worker thread. `stop()` waits for it: a thread
+        cut loose would return its connection to a pool that is being disposed."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, functools.partial(function, *args, **kwargs))
+        self._db_calls.add(future)
+        future.add_done_callback(self._settled)
+        return await asyncio.shield(future)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._db_calls.discard(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: whoever awaited it may have been cancelled
+
+    async def _drain_writes(self) -> None:
+        while self._batch is not None or self._writing:
+            await asyncio.sleep(0.005)
+
+    def notify(self, page_id: str, psid: str) -> None:
+        """New pending rows were committed for this conversation: send them. Call it on the
+        event loop (from a thread, use `notify_threadsafe`)."""
+        self._notified.add((page_id, psid))
+        self._wake_loader.set()
+
+    def notify_threadsafe(self, page_id: str, psid: str) -> None:
+        """`notify` from another thread."""
+        if self._loop is None:
+            raise RuntimeError("the sender is not started")
+        self._loop.call_soon_threadsafe(self.notify, page_id, psid)
+
+    def queue_depth(self) -> int:
+        """Rows waiting in memory to be sent (not counting held pages' rows)."""
+        return sum(len(c.rows) for c in self._conversations.values())
+
+    def held_pages(self) -> list[str]:
+        """Pages whose messages wait for a new token."""
+        return sorted(page for page, keys in self._held.items() if keys)
+
+    def is_idle(self) -> bool:
+        """Nothing to load, send or write (held pages' rows aside)."""
+        return not (
+            self._notified
+            or self._resume
+            or self._loading
+            or self._conversations
+            or self._batch is not None
+            or self._writing
+        )
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until `is_idle` (for tests and orderly shutdowns); TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while not self.is_idle():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the sender is still busy")
+            await asyncio.sleep(0.005)
+
+    # ------------------------------------------------------------------------- loading
+
+    async def _loader(self) -> None:
+        while True:
+            await self._wake_loader.wait()
+            self._wake_loader.clear()
+            resume, self._resume = self._resume, False
+            keys, self._notified = self._notified, set()
+            if not (resume or keys):
+                continue
+            # Every status write committed before this point is visible to the query below;
+            # conversations that go idle while it runs record their marks anew.
+            self._idle_marks.clear()
+            self._loading = True
+            try:
+                if resume:
+                    rows = await self._db(self._load_all)
+                else:
+                    rows = await self._db(self._load, keys)
+            except Exception as e:  # the loader must outlive any one failure
+                log.error("sender: cannot read the outbox (%r); trying again in 1 s", e)
+                self._resume |= resume
+                self._notified |= keys
+                self._loading = False
+                await asyncio.sleep(1.0)
+                self._wake_loader.set()
+                continue
+            self._loading = False
+            self._enqueue(rows)
+
+    def _load(self, keys: Iterable[Key]) -> list[Any]:
+        by_page: dict[str, list[str]] = {}
+        for page_id, psid in keys:
+            by_page.setdefault(page_id, []).append(psid)
+        rows: list[Any] = []
+        with self.engine.connect() as conn:
+            for page_id, psids in by_page.items():
+                for i in range(0, len(psids), _LOAD_CHUNK):
+                    chunk = psids[i : i + _LOAD_CHUNK]
+                    rows.extend(conn.execute(_LOAD_FOR, {"page_id": page_id, "psids": chunk}))
+        return rows
+
+    def _load_all(self) -> list[Any]:
+        rows: list[Any] = []
+        after = 0
+        with self.engine.connect() as conn:
+            while True:
+                found = conn.execute(_RESUME, {"after": after}).all()
+                rows.extend(found)
+                if len(found) < _RESUME_PAGE:
+                    return rows
+                after = found[-1].id
+
+    def _enqueue(self, rows: Iterable[Any]) -> None:
+        for row in sorted(rows, key=lambda r: r.id):
+            key = (row.page_id, row.psid)
+            conversation = self._conversations.get(key)
+            if conversation is None:
+                if row.id <= self._idle_marks.get(key, 0):
+                    continue  # handled; the load raced with its status write
+                conversation = self._conversations[key] = _Conversation(key)
+                conversation.done_id = row.id - 1
+            elif row.id <= conversation.last_id:
+                continue  # already queued or handled
+            body = row.body if isinstance(row.body, dict) else {}
+            conversation.rows.append(_Row(row.id, row.kind, body))
+            conversation.last_id = row.id
+            if conversation.task is None:
+                conversation.task = asyncio.create_task(
+                    self._run(conversation), name=f"sender-{key[0]}-{key[1]}"
+                )
+
+    # ------------------------------------------------------------------------- sending
+
+    async def _run(self, conversation: _Conversation) -> None:
+        key = conversation.key
+        held = False
+        try:
+            while True:
+                while conversation.rows:
+                    row = conversation.rows[0]
+                    try:
+                        await self._deliver(key, row)
+                    except _Hold:
+                        held = True
+                        break
+                    conversation.rows.popleft()
+                    conversation.done_id = row.id
+                    conversation.flushed = self._batch_future()
+                if conversation.flushed is not None:
+                    # Our outcomes must be committed before a later load can look at our rows.
+                    await asyncio.shield(conversation.flushed)
+                if held or not conversation.rows:
+                    break
+        finally:
+            if held:
+                self._held.setdefault(key[0], set()).add(key)
+            self._conversations.pop(key, None)
+            self._idle_marks[key] = conversation.done_id
+
+    async def _deliver(self, key: Key, row: _Row) -> None:
+        """Send one row until it is sent or failed; raises `_Hold` to keep it pending."""
+        page_id, psid = key
+        if row.kind == "pause":
+            await asyncio.sleep(_seconds(row.body))
+            self._record(row, "sent", at=_now())
+            self._report(key, row, "sent")
+            return
+        try:
+            call = self._call_for(psid, row)
+        except (KeyError, TypeError, ValueError) as e:
+            self._fail(key, row, None, f"malformed outbound row: {e!r}")
+            return
+        slots = self._page_slots.get(page_id)
+        if slots is None:
+            slots = self._page_slots[page_id] = asyncio.Semaphore(self.max_in_flight_per_page)
+        assert self._slots is not None
+        while True:
+            credentials = self._usable(page_id)
+            await self.limiter.acquire(page_id)
+            credentials = self._usable(page_id)  # the token may have been refused meanwhile
+            async with slots, self._slots:
+                at = _now()
+                started = time.perf_counter()
+                try:
+                    answer = await call(credentials.token)
+                    error = None
+                except GraphError as e:
+                    error = e
+                except Exception as e:
+                    # Something below the Graph client that it did not translate: most
+                    # likely the connection, so retry (a bounded number of times).
+                    log.exception("sender: page %s user %s row %d: unexpected", *key, row.id)
+                    error = GraphError(f"unexpected {type(e).__name__}: {e}", kind="transient")
+                seconds = time.perf_counter() - started
+            if error is None:
+                mid = answer.get("message_id")
+                self._record(row, "sent", mid=mid if isinstance(mid, str) else None, at=at)
+                self._report(key, row, "sent", seconds=seconds)
+                return
+            if error.kind in ("transient", "rate_limit"):
+                row.attempts += 1
+                if row.attempts < self.retry.max_attempts:
+                    delay = self.retry.delay(row.attempts, self._rng, error.retry_after)
+                    if error.kind == "rate_limit":
+                        self.limiter.pause(page_id, delay)
+                    log.warning(
+                        "sender: page %s user %s row %d: %s; retry %d in %.2f s",
+                        page_id,
+                        psid,
+                        row.id,
+                        error,
+                        row.attempts,
+                        delay,
+                    )
+                    self._report(key, row, "retry", error, seconds)
+                    await asyncio.sleep(delay)
+                    continue
+                self._fail(key, row, error, f"gave up after {row.attempts} attempts: {error}")
+                return
+            if error.kind == "bad_token":
+                await self._refuse_token(credentials, error)
+                self._report(key, row, "held", error, seconds)
+                raise _Hold
+            self._fail(key, row, error, None, seconds)
+            return
+
+    def _call_for(self, psid: str, row: _Row) -> Callable[[str], Any]:
+        """The Graph API call for a row, as a function of the page token."""
+        payload = row.body.get("payload")
+        payload = payload if isinstance(payload, dict) else {}
+        graph = self.graph
+        if row.kind == "message":
+            if not payload:
+                raise ValueError("a message row without a payload")
+            body = message_body(psid, payload, tag=row.body.get("tag") or None)
+            return lambda token: graph.send(token, body)
+        if row.kind == "sender_action":
+            body = sender_action_body(psid, str(payload["sender_action"]))
+            return lambda token: graph.send(token, body)
+        if row.kind == "pass_thread":
+            target, metadata = payload["target_app_id"], payload.get("metadata")
+            return lambda token: graph.pass_thread_control(token, psid, target, metadata)
+        if row.kind == "take_thread":
+            metadata = payload.get("metadata")
+            return lambda token: graph.take_thread_control(token, psid, metadata)
+        raise ValueError(f"unknown outbound kind {row.kind!r}")
+
+    def _usable(self, page_id: str) -> PageCredentials:
+        credentials = self._credentials.get(page_id)
+        if credentials is None:
+            if page_id not in self._warned_unknown:
+                self._warned_unknown.add(page_id)
+                log.error(
+                    "sender: page %s is not configured; its messages wait until it is added "
+                    "with `flowc page add --page-id %s --token …`",
+                    page_id,
+                    page_id,
+                )
+            raise _Hold
+        if not credentials.healthy:
+            raise _Hold
+        return credentials
+
+    async def _refuse_token(self, credentials: PageCredentials, error: GraphError) -> None:
+        page_id = credentials.page_id
+        self._refused[page_id] = credentials.ciphertext
+        current = self._credentials.get(page_id)
+        if current is not None and current.ciphertext == credentials.ciphertext:
+            self._credentials[page_id] = replace(current, healthy=False)
+        if current is None or current.healthy:
+            log.error(
+                "sender: page %s: Meta refused its token (%s); its messages wait for a new "
+                "token: `flowc page add --page-id %s --token …`",
+                page_id,
+                error,
+                page_id,
+            )
+        try:
+            await self._db(
+                self.pages.mark_unhealthy,
+                page_id,
+                str(error),
+                ciphertext=credentials.ciphertext,
+            )
+        except Exception as e:  # the page is held in memory all the same
+            log.error("sender: cannot record page %s as unhealthy: %s", page_id, e)
+
+    def _fail(
+        self,
+        key: Key,
+        row: _Row,
+        error: GraphError | None,
+        message: str | None,
+        seconds: float = 0.0,
+    ) -> None:
+        text_ = message or (error.message if error is not None else "failed")
+        log.warning(
+            "sender: page %s user %s row %d failed: %s",
+            key[0],
+            key[1],
+            row.id,
+            error if message is None else text_,
+        )
+        self._record(
+            row,
+            "failed",
+            error_code=error.code if error else None,
+            error_subcode=error.subcode if error else None,
+            error_message=text_,
+        )
+        self._report(key, row, "failed", error, seconds)
+
+    def _report(
+        self,
+        key: Key,
+        row: _Row,
+        outcome: Outcome,
+        error: GraphError | None = None,
+        seconds: float = 0.0,
+    ) -> None:
+        if self.on_result is None:
+            return
+        result = SendResult(
+            key[0],
+            key[1],
+            row.id,
+            row.kind,
+            outcome,
+            error.kind if error else None,
+            error.code_text if error else None,
+            seconds,
+        )
+        try:
+            self.on_result(result)
+        except Exception:  # metrics must never stop a send
+            log.exception("sender: the on_result hook failed")
+
+    # ------------------------------------------------------------------------- pages
+
+    async def _monitor(self) -> None:
+        """Re-read the pages now and then: replaced tokens, added or removed pages."""
+        while True:
+            await asyncio.sleep(self.page_check_interval)
+            await self.refresh_pages()
+
+    async def refresh_pages(self) -> None:
+        """Re-read the pages and resume the conversations of pages that can send again."""
+        try:
+            fresh = await self._db(self.pages.credentials)
+        except Exception as e:  # keep the last known pages; try again at the next check
+            log.error("sender: cannot read the pages: %s", e)
+            return
+        for page_id, refused in list(self._refused.items()):
+            found = fresh.get(page_id)
+            if found is None or found.ciphertext != refused:
+                del self._refused[page_id]  # a new token (or none): judge it afresh
+            elif found.healthy:
+                fresh[page_id] = replace(found, healthy=False)
+        self._credentials = fresh
+        for page_id in list(self._held):
+            credentials = self._credentials.get(page_id)
+            if credentials is not None and credentials.healthy:
+                keys = self._held.pop(page_id)
+                self._warned_unknown.discard(page_id)
+                log.info("sender: page %s can send again; resuming %d users", page_id, len(keys))
+                for page, psid in keys:
+                    self.notify(page, psid)
+
+    # ------------------------------------------------------------------------- writing
+
+    def _record(
+        self,
+        row: _Row,
+        status: str,
+        *,
+        mid: str | None = None,
+        at: datetime | None = None,
+        error_code: int | None = None,
+        error_subcode: int | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        if self._batch is None:
+            assert self._loop is not None
+            self._batch = _Batch([], self._loop.create_future())
+            self._wake_writer.set()
+        self._batch.rows.append(
+            {
+                "row_id": row.id,
+                "new_status": status,
+                "new_mid": mid,
+                "new_sent_at": at,
+                "new_error_code": error_code,
+                "new_error_subcode": error_subcode,
+                "new_error_message": error_message,
+            }
+        )
+
+    def _batch_future(self) -> asyncio.Future[None] | None:
+        return self._batch.done if self._batch is not None else None
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            batch, self._batch = self._batch, None
+            if batch is None:
+                continue
+            self._writing = True
+            delay = 0.1
+            while True:
+                try:
+                    await self._db(self._write, batch.rows)
+                    break
+                except Exception as e:  # the writer must outlive any one failure
+                    log.error("sender: cannot record %d send results (%r)", len(batch.rows), e)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._writing = False
+            batch.done.set_result(None)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_RECORD, rows)
+        except exc.IntegrityError:
+            # A message id already in the log (e.g. its echo was logged first): keep the
+            # row's outcome and lose only the id, row by row.
+            for values in rows:
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(_RECORD, values)
+                except exc.IntegrityError:
+                    log.warning("sender: message id of row %d is logged already", values["row_id"])
+                    with self.engine.begin() as conn:
+                        conn.execute(_RECORD, {**values, "new_mid": None})
+
+
+def _seconds(body: dict[str, Any]) -> float:
+    try:
+        return max(0.0, float(body.get("seconds") or 0.0))
+    except (TypeError, ValueError):
+        return 0.0

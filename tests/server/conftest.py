@@ -1,0 +1,97 @@
+"""Fixtures of the server tests (the helpers they use live in server_kit.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_kit import (
+    BACKENDS,
+    BOT_FLOW,
+    PG_URL,
+    Bot,
+    FakeGraph,
+    RunningApp,
+    make_settings,
+    pg_schema,
+)
+
+from runtime import db, tables
+from server.app import create_app
+from server.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """One migrated PostgreSQL schema for the session; `database_url` empties it per test."""
+    if not PG_URL:
+        pytest.skip("FLOW_TEST_DATABASE_URL is not set")
+    with pg_schema() as url:
+        db.upgrade(url)
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'server.db'}"
+        db.upgrade(url)
+        return url
+    url = request.getfixturevalue("pg_server_url")
+    engine = db.create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            for table in reversed(tables.metadata.sorted_tables):
+                conn.execute(table.delete())
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database (for tests that are about HTTP, not storage)."""
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    db.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def flows_dir(tmp_path: Path) -> Path:
+    """A folder with the test bot."""
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "bot.flow").write_text(BOT_FLOW, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def graph() -> FakeGraph:
+    """A fresh fake Graph API, with a profile for user "u1"."""
+    return FakeGraph(profiles={"u1": {"first_name": "Ada", "last_name": "Lovelace"}})
+
+
+@pytest.fixture
+def start_bot(flows_dir: Path, graph: FakeGraph) -> Iterator[Callable[..., Bot]]:
+    """Start the app on a database URL (`start_bot(url, **create_app options)`); every app
+    started is stopped at the end of the test."""
+    bots: list[Bot] = []
+
+    def start(url: str, *, settings: Settings | None = None, **options: Any) -> Bot:
+        app = create_app(
+            settings or make_settings(url),
+            flows=[flows_dir],
+            transport=options.pop("transport", None) or graph.transport(),
+            freeze_gc=options.pop("freeze_gc", False),
+            **options,
+        )
+        bot = Bot(RunningApp(app), url, graph)
+        bots.append(bot)
+        return bot
+
+    yield start
+    for bot in reversed(bots):
+        bot.stop()
