@@ -588,6 +588,43 @@ def _json_errors(what: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- SQL
 
 
+def load_state(conn: Connection, page_id: str, psid: str) -> ConversationState | None:
+    """Load one conversation on an open connection (also used inside the server's
+    per-event transaction)."""
+    row = conn.execute(_LOAD, {"page_id": page_id, "psid": psid}).first()
+    if row is None:
+        return None
+    values = {name: getattr(row, name) for name in _STATE_COLUMNS}
+    values["stack"] = _frames(values["stack"])
+    return ConversationState(page_id=page_id, psid=psid, version=row.version, **values)
+
+
+def save_state(conn: Connection, insert: Any, state: ConversationState) -> bool:
+    """Insert (version 0) or update a conversation if its version is still `state.version`;
+    False when another writer got there first. `insert` comes from `insert_statement`."""
+    now = _now()
+    values: dict[str, Any] = {name: getattr(state, name) for name in _STATE_COLUMNS}
+    values["stack"] = [asdict(frame) for frame in state.stack]
+    if state.version == 0:
+        values.update(
+            page_id=state.page_id, psid=state.psid, version=1, created_at=now, updated_at=now
+        )
+        return conn.execute(insert, values).first() is not None
+    params = {f"new_{name}": value for name, value in values.items()}
+    params.update(
+        key_page_id=state.page_id,
+        key_psid=state.psid,
+        expected_version=state.version,
+        new_updated_at=now,
+    )
+    return conn.execute(_UPDATE, params).rowcount == 1
+
+
+def insert_statement(dialect: str) -> Any:
+    """The first-save statement for a database dialect ("sqlite" or "postgresql")."""
+    return _INSERT[dialect]
+
+
 class SqlStore:
     """The contract on SQLite or PostgreSQL. Use an engine from `runtime.db.create_engine_for`
     (its JSON serializer and SQLite pragmas are part of the behaviour) on a migrated database.
@@ -636,59 +673,12 @@ class SqlStore:
     def load(self, page_id: str, psid: str) -> ConversationState | None:
         """See `ConversationStore.load`."""
         with self._read() as conn:
-            row = conn.execute(_LOAD, {"page_id": page_id, "psid": psid}).first()
-        if row is None:
-            return None
-        return ConversationState(
-            page_id=page_id,
-            psid=psid,
-            flow_id=row.flow_id,
-            flow_version=row.flow_version,
-            step=row.step,
-            position=row.position,
-            status=row.status,
-            tries=row.tries,
-            variables=row.variables,
-            stack=_frames(row.stack),
-            handed_over=row.handed_over,
-            version=row.version,
-            state_version=row.state_version,
-        )
+            return load_state(conn, page_id, psid)
 
     def save(self, state: ConversationState) -> ConversationState:
         """See `ConversationStore.save`."""
-        now = _now()
-        values = {
-            "flow_id": state.flow_id,
-            "flow_version": state.flow_version,
-            "step": state.step,
-            "position": state.position,
-            "status": state.status,
-            "tries": state.tries,
-            "handed_over": state.handed_over,
-            "variables": state.variables,
-            "stack": [asdict(frame) for frame in state.stack],
-            "state_version": state.state_version,
-        }
         with _json_errors("conversation state"), self._write() as conn:
-            if state.version == 0:
-                values.update(
-                    page_id=state.page_id,
-                    psid=state.psid,
-                    version=1,
-                    created_at=now,
-                    updated_at=now,
-                )
-                saved = conn.execute(self._insert, values).first() is not None
-            else:
-                params = {f"new_{name}": value for name, value in values.items()}
-                params.update(
-                    key_page_id=state.page_id,
-                    key_psid=state.psid,
-                    expected_version=state.version,
-                    new_updated_at=now,
-                )
-                saved = conn.execute(_UPDATE, params).rowcount == 1
+            saved = save_state(conn, self._insert, state)
         if not saved:
             raise ConcurrentUpdate(state.page_id, state.psid, state.version)
         return replace(state, version=state.version + 1)

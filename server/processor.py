@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from flowlang.ir import PAGE_INBOX_APP_ID
@@ -43,8 +43,8 @@ from runtime import tables
 from runtime.engine import RuntimeFault, advance, take_back
 from runtime.events import Inbound, Outbound
 from runtime.program import ProgramView
-from runtime.state import ConversationState, Frame
-from runtime.store import Contact, SqlStore
+from runtime.state import ConversationState
+from runtime.store import Contact, SqlStore, insert_statement, load_state, save_state
 from server.inbox import FINISH, EventStatus, Inbox, StoredEvent, write_lock
 from server.messenger import EventKind, WebhookEvent, to_inbound
 from server.metrics import Metrics
@@ -123,44 +123,6 @@ class _Conflict(Exception):
 
 # ----------------------------------------------------------------------------- statements
 
-_CONV = tables.conversations
-_CC = _CONV.c
-_STATE_COLUMNS = (
-    "flow_id",
-    "flow_version",
-    "step",
-    "position",
-    "status",
-    "tries",
-    "handed_over",
-    "variables",
-    "stack",
-    "state_version",
-)
-_LOAD = select(*(_CC[name] for name in _STATE_COLUMNS), _CC.version).where(
-    _CC.page_id == bindparam("page_id"), _CC.psid == bindparam("psid")
-)
-_UPDATE = (
-    update(_CONV)
-    .where(
-        _CC.page_id == bindparam("key_page_id"),
-        _CC.psid == bindparam("key_psid"),
-        _CC.version == bindparam("expected_version"),
-    )
-    .values(
-        {
-            **{name: bindparam(f"new_{name}", type_=_CC[name].type) for name in _STATE_COLUMNS},
-            "version": _CC.version + 1,
-            "updated_at": bindparam("new_updated_at", type_=_CC.updated_at.type),
-        }
-    )
-)
-_INSERT = {
-    name: dialect.insert(_CONV)
-    .on_conflict_do_nothing(index_elements=["page_id", "psid"])
-    .returning(_CC.version)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
 _LOG = tables.message_log
 _LOG_INBOUND = {
     name: dialect.insert(_LOG).on_conflict_do_nothing(index_elements=["mid"])
@@ -174,33 +136,11 @@ def _now() -> datetime:
 
 
 def _load(conn: Connection, page_id: str, psid: str) -> ConversationState:
-    row = conn.execute(_LOAD, {"page_id": page_id, "psid": psid}).first()
-    if row is None:
-        return ConversationState(page_id=page_id, psid=psid)
-    values = {name: getattr(row, name) for name in _STATE_COLUMNS}
-    values["stack"] = [Frame(**frame) for frame in values["stack"]]
-    return ConversationState(page_id=page_id, psid=psid, version=row.version, **values)
+    return load_state(conn, page_id, psid) or ConversationState(page_id=page_id, psid=psid)
 
 
 def _save(conn: Connection, insert: Any, state: ConversationState) -> None:
-    now = _now()
-    values: dict[str, Any] = {name: getattr(state, name) for name in _STATE_COLUMNS}
-    values["stack"] = [asdict(frame) for frame in state.stack]
-    if state.version == 0:
-        values.update(
-            page_id=state.page_id, psid=state.psid, version=1, created_at=now, updated_at=now
-        )
-        if conn.execute(insert, values).first() is None:
-            raise _Conflict
-        return
-    params = {f"new_{name}": value for name, value in values.items()}
-    params.update(
-        key_page_id=state.page_id,
-        key_psid=state.psid,
-        expected_version=state.version,
-        new_updated_at=now,
-    )
-    if conn.execute(_UPDATE, params).rowcount != 1:
+    if not save_state(conn, insert, state):
         raise _Conflict
 
 
@@ -395,7 +335,7 @@ class Processor:
         self.inbox = Inbox(engine)
         self.store = SqlStore(engine)
         self._lock = self.inbox.lock
-        self._insert = _INSERT[engine.dialect.name]
+        self._insert = insert_statement(engine.dialect.name)
         self._log_inbound = _LOG_INBOUND[engine.dialect.name]
         self._program = program
         self._pages = pages
