@@ -34,6 +34,8 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/runtime.py --store
+	$(BIN)/python bench/sender.py
+	$(BIN)/python bench/webhook.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
