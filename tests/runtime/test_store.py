@@ -5,19 +5,17 @@ when it is unset), in a schema of its own that is dropped at the end of the sess
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dbkit
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
+from dbkit import pg_schema
 from sqlalchemy import func, inspect, select, text
-from sqlalchemy.engine import make_url
 
 from flowlang import ir
 from flowlang.compiler import compile_source
@@ -33,31 +31,12 @@ from runtime.store import (
     UnstorableState,
 )
 
-PG_URL = os.environ.get("FLOW_TEST_DATABASE_URL")
+PG_URL = dbkit.PG_URL
 needs_pg = pytest.mark.skipif(not PG_URL, reason="FLOW_TEST_DATABASE_URL is not set")
 TABLES = {"conversations", "contacts", "flow_versions", "message_log"}
 
 
 # ----------------------------------------------------------------------------- databases
-
-
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    """A new, empty PostgreSQL schema; yields a URL whose search_path points at it."""
-    assert PG_URL is not None
-    schema = f"flowtest_{uuid.uuid4().hex[:12]}"
-    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(db.normalize_url(PG_URL)).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -8,20 +8,18 @@ every run, and the tests check that it did. Two deploys at once must both succee
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import dbkit
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from dbkit import pg_schema
 
 from flowlang import ir
 from flowlang.compiler import compile_source
@@ -30,7 +28,7 @@ from runtime.state import ConversationState
 from runtime.store import ConcurrentUpdate, InMemoryStore, SqlStore, Store
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_URL = os.environ.get("FLOW_TEST_DATABASE_URL")
+PG_URL = dbkit.PG_URL
 needs_pg = pytest.mark.skipif(not PG_URL, reason="FLOW_TEST_DATABASE_URL is not set")
 SQL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=needs_pg)]
 PAGE, PSID = "page-1", "psid-1"
@@ -46,22 +44,9 @@ def migrated_database(backend: str, tmp_path: Path) -> Iterator[str]:
         db.upgrade(url)
         yield url
         return
-    assert PG_URL is not None
-    schema = f"flowtest_{uuid.uuid4().hex[:12]}"
-    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(db.normalize_url(PG_URL)).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        rendered = url.render_as_string(hide_password=False)
-        db.upgrade(rendered)
-        yield rendered
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema() as url:
+        db.upgrade(url)
+        yield url
 
 
 @pytest.fixture(params=["memory", *SQL_BACKENDS])
@@ -179,6 +164,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[5])
 sys.path.insert(0, sys.argv[6])
+sys.path.insert(0, str(Path(sys.argv[6]).parent))  # tests/, for dbkit
 from runtime.store import SqlStore
 from test_store_concurrency import process_event
 

@@ -7,18 +7,18 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dbkit
 import httpx
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.engine import Engine, make_url
+from dbkit import pg_schema
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 
 from runtime import db, tables
 from runtime.store import SqlStore
@@ -28,7 +28,7 @@ from server.pages import PageRegistry
 from server.ratelimit import PageRateLimiter
 from server.sender import RetryPolicy, Sender, SendResult
 
-PG_URL = os.environ.get("FLOW_TEST_DATABASE_URL")
+PG_URL = dbkit.PG_URL
 needs_pg = pytest.mark.skipif(not PG_URL, reason="FLOW_TEST_DATABASE_URL is not set")
 #: SQLite always; PostgreSQL when FLOW_TEST_DATABASE_URL is set.
 SQL_BACKENDS = ["sqlite", pytest.param("postgresql", marks=needs_pg)]
@@ -51,25 +51,6 @@ def proof(token: str) -> str:
 
 
 # ----------------------------------------------------------------------------- databases
-
-
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    """A new PostgreSQL schema (dropped afterwards); yields a URL whose search_path is it."""
-    assert PG_URL is not None
-    schema = f"flowtest_{uuid.uuid4().hex[:12]}"
-    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(db.normalize_url(PG_URL)).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @contextmanager

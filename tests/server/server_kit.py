@@ -12,26 +12,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import dbkit
 import httpx
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from sqlalchemy import select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
 
 from runtime import db, tables
 from server.app import Server
 from server.settings import Settings, load_settings
 from server.signature import sign
 
-PG_URL = os.environ.get("FLOW_TEST_DATABASE_URL")
+PG_URL = dbkit.PG_URL
 needs_pg = pytest.mark.skipif(not PG_URL, reason="FLOW_TEST_DATABASE_URL is not set")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=needs_pg)]
 
@@ -73,23 +73,9 @@ page
 # ----------------------------------------------------------------------------- databases
 
 
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    """A new, empty PostgreSQL schema; yields a URL whose search_path points at it."""
-    assert PG_URL is not None
-    schema = f"flowsrv_{uuid.uuid4().hex[:12]}"
-    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(db.normalize_url(PG_URL)).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+def pg_schema() -> AbstractContextManager[str]:
+    """A new PostgreSQL schema for one test, dropped afterwards."""
+    return dbkit.pg_schema("flowsrv")
 
 
 def rows(url: str, table: str, **where: Any) -> list[Any]:

@@ -19,20 +19,19 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import dbkit
 import httpx
 import pytest
 import uvicorn
 from click.testing import CliRunner
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from flowlang.load import compile_paths
 from runtime import db, tables
@@ -51,7 +50,7 @@ SECRET = "e2e-app-secret"
 SECRET_KEY = "e2e-secret-key"
 PAGE_ID = "1000000000000001"
 TOKEN = "e2e-page-token"
-PG_URL = os.environ.get("FLOW_TEST_DATABASE_URL")
+PG_URL = dbkit.PG_URL
 needs_pg = pytest.mark.skipif(not PG_URL, reason="FLOW_TEST_DATABASE_URL is not set")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=needs_pg)]
 
@@ -164,23 +163,9 @@ def graph() -> Iterator[Graph]:
         client.http.close()
 
 
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    """A new PostgreSQL schema, dropped afterwards; yields a URL whose search_path is it."""
-    assert PG_URL is not None
-    schema = f"flowe2e_{uuid.uuid4().hex[:12]}"
-    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(db.normalize_url(PG_URL)).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+def pg_schema() -> AbstractContextManager[str]:
+    """A new PostgreSQL schema for one test, dropped afterwards."""
+    return dbkit.pg_schema("flowe2e")
 
 
 @pytest.fixture
