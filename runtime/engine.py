@@ -207,10 +207,12 @@ def _context(
         user = {**_BLANK_USER, "id": st.psid}
     ctx = dict(variables)
     ctx["user"] = user
+    # Empty text, not None, for what the event lacks: `{{ message.text }}` on a sticker shows
+    # nothing, and `"hi" in message.text | lower` keeps working.
     ctx["message"] = {
-        "text": event.text,
-        "payload": event.payload,
-        "ref": event.ref,
+        "text": event.text or "",
+        "payload": event.payload or "",
+        "ref": event.ref or "",
         "kind": event.kind,
         "attachments": [dict(a) for a in event.attachments],
     }

@@ -94,10 +94,10 @@ flow menu
     assert lines[0] == {"recipient": {"id": "42"}, "sender_action": "typing_on"}
     messages = [line for line in lines if "message" in line]
     assert [m["message"]["text"] for m in messages] == [
-        "menu MENU None",
-        "menu MORE None",
-        "menu None ad1",
-        "menu None None",
+        "menu MENU ",
+        "menu MORE ",
+        "menu  ad1",
+        "menu  ",
     ]
     assert messages[0]["messaging_type"] == "MESSAGE_TAG" and messages[0]["tag"] == "HUMAN_AGENT"
     assert len(lines) == 8  # a typing indicator before each message; pauses never printed

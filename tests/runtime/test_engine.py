@@ -937,7 +937,7 @@ def test_message_namespace_holds_the_last_message_as_data() -> None:
         """
     )
     bot = Bot(program)
-    assert bot.says_texts("{{ 7*7 }}") == ["You said: {{ 7*7 }} (None)"]
+    assert bot.says_texts("{{ 7*7 }}") == ["You said: {{ 7*7 }} ()"]
 
 
 def test_max_actions_stops_a_loop_that_never_waits() -> None:
@@ -1230,3 +1230,20 @@ def test_static_template_lines_keep_their_own_source_and_are_reused() -> None:
         turn = bot.says("t")
         assert texts(turn) == ["Welcome to our shop", "[image]"] * 2
         assert [o.source for o in turn.outbox] == ["fixture.flow:2", "fixture.flow:3"] * 2
+
+
+def test_message_fields_are_empty_text_when_the_event_has_none() -> None:
+    program = compile_flows(
+        """
+        flow f
+          when nothing else matches
+          step s
+            say "You wrote [{{ message.text }}] payload [{{ message.payload }}]"
+            if "hi" in message.text | lower
+              say "hello"
+        """
+    )
+    sticker = Inbound("attachment", attachments=({"type": "sticker", "url": "https://x/s.png"},))
+    turn = Bot(program).send(sticker)
+    assert turn.faults == []
+    assert texts(turn) == ["You wrote [] payload []"]
