@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from corpus import example_program
 
 from flowlang.compiler import CompileResult, compile_sources
 from flowlang.diagnostics import Diagnostic
@@ -16,29 +17,6 @@ from flowlang.source import SourceFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SAMPLE = """\
-flow sample
-  title "Sample"
-  when user says "hello", "hi"
-  step start
-    say "Hi {{ user.first_name }}!" or "Hello!"
-      button "More" goto more
-    ask "Your email?" as email
-      expect an email address
-      if invalid say "That doesn't look like an email address."
-      after 3 tries goto more
-    ask "Which one?" as pick
-      choice "This" goto more
-      choice "That"
-    set count = 1
-    if email
-      say "Thanks, {{ email }}."
-    else
-      end
-  step more
-    say "Bye"
-    end
-"""
 
 # Lark's names for terminals; none may reach a flow author.
 LEAKS = re.compile(r"\b(NAME|STRING|EXPR|NUMBER)\b|_NL|_INDENT|_DEDENT|\$END|__ANON|Token\(")
@@ -53,17 +31,6 @@ RULE_NAMES = {
 EXPECTED_LIST = re.compile(r"expected (.*?), found ")
 STEP_REFERENCE = re.compile(r"\bgo ?to\s+([A-Za-z_][A-Za-z0-9_]*)")
 STEP_DEFINITION = re.compile(r"^\s*step\s+([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
-
-
-def example_programs() -> list[list[SourceFile]]:
-    """The example flows (one program), else each golden valid file, else a built-in sample."""
-    flows = sorted((ROOT / "flows").glob("*.flow"))
-    if flows:
-        return [[SourceFile(f"flows/{p.name}", p.read_text(encoding="utf-8")) for p in flows]]
-    golden = sorted((ROOT / "tests" / "golden" / "ok").glob("*.flow"))
-    if golden:
-        return [[SourceFile(f"golden/{p.name}", p.read_text(encoding="utf-8"))] for p in golden]
-    return [[SourceFile("sample.flow", SAMPLE)]]
 
 
 def _texts_and_code_end(line: str) -> tuple[list[tuple[int, int]], int]:
@@ -150,7 +117,7 @@ def _cases() -> list[Case]:
     return cases
 
 
-PROGRAMS = example_programs()
+PROGRAMS = [example_program()]
 CASES = _cases()
 
 

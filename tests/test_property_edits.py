@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from corpus import example_program
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,40 +15,8 @@ from flowlang.source import SourceFile
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SAMPLE = """\
-flow sample
-  title "Sample"
-  when user says "hello", "hi"
-  step start
-    say "Hi {{ user.first_name }}!" or "Hello!"
-      button "More" goto more
-    ask "Your email?" as email
-      expect an email address
-      if invalid say "That doesn't look like an email address."
-      after 3 tries goto more
-    set count = 1
-    if email
-      say "Thanks, {{ email }}."
-    else
-      end
-  step more
-    say "Bye"
-    end
-"""
 
-
-def example_programs() -> list[list[SourceFile]]:
-    """The example flows (one program), else each golden valid file, else a built-in sample."""
-    flows = sorted((ROOT / "flows").glob("*.flow"))
-    if flows:
-        return [[SourceFile(f"flows/{p.name}", p.read_text(encoding="utf-8")) for p in flows]]
-    golden = sorted((ROOT / "tests" / "golden" / "ok").glob("*.flow"))
-    if golden:
-        return [[SourceFile(f"golden/{p.name}", p.read_text(encoding="utf-8"))] for p in golden]
-    return [[SourceFile("sample.flow", SAMPLE)]]
-
-
-PROGRAMS = example_programs()
+PROGRAMS = [example_program()]
 
 # Words and characters an author might type in the wrong place.
 INSERTS = (

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from outbox_kit import pg_migrated
 from server_kit import (
     BACKENDS,
     BOT_FLOW,
@@ -95,3 +96,12 @@ def start_bot(flows_dir: Path, graph: FakeGraph) -> Iterator[Callable[..., Bot]]
     yield start
     for bot in reversed(bots):
         bot.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """One migrated PostgreSQL schema per test module (outbox and page tests empty it)."""
+    if not PG_URL:
+        pytest.skip("FLOW_TEST_DATABASE_URL is not set")
+    with pg_migrated() as url:
+        yield url

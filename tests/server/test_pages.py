@@ -10,12 +10,10 @@ from click.testing import CliRunner
 from outbox_kit import (
     NEW_TOKEN,
     PAGE,
-    PG_URL,
     SECRET_KEY,
     SQL_BACKENDS,
     TOKEN,
     migrated_url,
-    pg_migrated,
     raw_rows,
 )
 
@@ -23,15 +21,6 @@ from runtime import db
 from server.crypto import CryptoError, TokenCipher, derive_key
 from server.pagecli import page_group
 from server.pages import PageError, PageRegistry
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """One migrated PostgreSQL schema for this module; each test empties it."""
-    if not PG_URL:
-        pytest.skip("FLOW_TEST_DATABASE_URL is not set")
-    with pg_migrated() as url:
-        yield url
 
 
 @pytest.fixture(params=SQL_BACKENDS)

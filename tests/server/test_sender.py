@@ -19,13 +19,11 @@ from outbox_kit import (
     OTHER_PAGE,
     OTHER_TOKEN,
     PAGE,
-    PG_URL,
     SQL_BACKENDS,
     TOKEN,
     Harness,
     harness,
     meta_error,
-    pg_migrated,
     proof,
     run_until_idle,
 )
@@ -33,15 +31,6 @@ from sqlalchemy import event
 
 from server.ratelimit import PageRateLimiter, TokenBucket
 from server.sender import RetryPolicy, Sender
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    """One migrated PostgreSQL schema for this module; each test empties it."""
-    if not PG_URL:
-        pytest.skip("FLOW_TEST_DATABASE_URL is not set")
-    with pg_migrated() as url:
-        yield url
 
 
 @pytest.fixture(params=SQL_BACKENDS)
