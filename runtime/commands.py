@@ -178,6 +178,8 @@ COMMANDS: list[click.Command] = [
     chat_command,
     *_optional("runtime.testcli", "test_command"),
     *_optional("runtime.dbcli", "db_group"),
+    *_optional("runtime.usercli", "user_group"),
+    *_optional("runtime.newcli", "new_command"),
     *_optional_list("server.commands", "SERVER_COMMANDS"),
 ]
 

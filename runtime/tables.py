@@ -167,3 +167,47 @@ pages = Table(
     Column("last_error", Text),
     Column("updated_at", _Time, nullable=False),
 )
+
+#: What happened in flows, for `flowc monitor`: a flow started or ended, a turn faulted, a
+#: conversation was handed over. Written in the same transaction as the turn that did it.
+flow_events = Table(
+    "flow_events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("page_id", String(64), nullable=False),
+    Column("psid", String(64), nullable=False),
+    Column("flow_id", String),
+    Column("step", String),
+    # start | end | fault | hand_over
+    Column("kind", String(16), nullable=False),
+    # A fault's reason, with the `.flow` file:line that caused it when known.
+    Column("detail", Text),
+    Column("source", String),
+    Column("at", _Time, nullable=False),
+    Index(None, "at"),
+    Index(None, "page_id", "psid"),
+)
+
+#: Which server instance sends a conversation's outbound messages right now. Several
+#: instances share one database: a conversation's messages go out from one instance at a
+#: time (so in order); a lease not renewed by `expires_at` (a crashed instance) can be taken.
+outbox_leases = Table(
+    "outbox_leases",
+    metadata,
+    Column("page_id", String(64), primary_key=True),
+    Column("psid", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("expires_at", _Time, nullable=False),
+)
+
+#: Pending events of one conversation, oldest first: an instance processes an event only
+#: when no earlier event of its conversation is still pending (order across instances).
+PENDING = "status = 'pending'"
+Index(
+    "ix_webhook_events_pending_conversation",
+    webhook_events.c.page_id,
+    webhook_events.c.psid,
+    webhook_events.c.id,
+    sqlite_where=text(PENDING),
+    postgresql_where=text(PENDING),
+)

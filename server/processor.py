@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from flowlang.ir import PAGE_INBOX_APP_ID
 from runtime import tables
-from runtime.engine import RuntimeFault, advance, take_back
+from runtime.engine import RuntimeFault, Turn, advance, take_back
 from runtime.events import Inbound, Outbound
 from runtime.program import ProgramView
 from runtime.state import ConversationState
@@ -129,6 +129,9 @@ _LOG_INBOUND = {
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
 _LOG_OUTBOUND = _LOG.insert()
+_FLOW_EVENTS = tables.flow_events.insert()
+#: Trace entries kept as flow events (for `flowc monitor`); faults come from `Turn.faults`.
+_FLOW_EVENT_KINDS = frozenset({"start", "end", "hand_over"})
 
 
 def _now() -> datetime:
@@ -161,6 +164,39 @@ def inbound_body(event: Inbound) -> dict[str, Any]:
     if event.attachments:
         body["attachments"] = list(event.attachments)
     return body
+
+
+def flow_events(page_id: str, psid: str, turn: Turn) -> list[dict[str, Any]]:
+    """The `flow_events` rows of a turn: flows started and ended, hand-overs, faults."""
+    now = _now()
+    rows = [
+        {
+            "page_id": page_id,
+            "psid": psid,
+            "flow_id": entry.flow,
+            "step": entry.step,
+            "kind": entry.kind,
+            "detail": None,
+            "source": None,
+            "at": now,
+        }
+        for entry in turn.trace
+        if entry.kind in _FLOW_EVENT_KINDS
+    ]
+    rows += [
+        {
+            "page_id": page_id,
+            "psid": psid,
+            "flow_id": fault.flow_id,
+            "step": fault.step,
+            "kind": "fault",
+            "detail": fault.reason,
+            "source": fault.source,
+            "at": now,
+        }
+        for fault in turn.faults
+    ]
+    return rows
 
 
 def _text(value: Any) -> str | None:
@@ -577,6 +613,9 @@ class Processor:
         ]
         if rows:
             conn.execute(_LOG_OUTBOUND, rows)
+        events = flow_events(event.page_id, event.psid, turn)
+        if events:
+            conn.execute(_FLOW_EVENTS, events)
         return Outcome("done", outbound=len(rows), faults=turn.faults)
 
     def _handover(self, event: StoredEvent, psid: str, ours: bool, conn: Connection) -> Outcome:
