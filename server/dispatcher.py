@@ -4,11 +4,17 @@ Events of one (page, user) run strictly one after another in id order; different
 conversations run side by side on a fixed number of workers. A worker takes one event of a
 conversation and then puts the conversation back at the end of the line, so a chatty user
 cannot starve the others. A failing event is retried with backoff (its conversation waits:
-order before progress) and given up after `max_attempts`."""
+order before progress) and given up after `max_attempts`.
+
+A handler may also raise `Deferred`: the event cannot run yet (with several server instances
+on one database, an earlier event of the conversation is still pending elsewhere, or another
+instance is processing the conversation right now). It goes back to its place in the queue and
+the conversation is tried again after a short delay, without counting an attempt."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 from collections import deque
@@ -27,6 +33,13 @@ FailureHook = Callable[[StoredEvent, int, BaseException, bool], Awaitable[None]]
 
 DEFAULT_CONCURRENCY = 32
 DEFAULT_MAX_ATTEMPTS = 5
+#: First and longest wait before a deferred event is tried again.
+DEFER_DELAY = 0.02
+MAX_DEFER_DELAY = 1.0
+
+
+class Deferred(Exception):
+    """Raised by a handler: the event cannot be processed yet; try it again shortly."""
 
 
 class Dispatcher:
@@ -55,6 +68,7 @@ class Dispatcher:
         self._ready: asyncio.Queue[Conversation] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._seen: set[int] = set()  # ids queued or running: a reload never queues one twice
+        self._deferrals: dict[int, int] = {}  # event id -> times deferred in a row
         self._depth = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -64,6 +78,10 @@ class Dispatcher:
     def depth(self) -> int:
         """Events waiting or running."""
         return self._depth
+
+    def has(self, event_id: int) -> bool:
+        """Whether the event is queued or running here."""
+        return event_id in self._seen
 
     def submit(self, events: Iterable[StoredEvent]) -> None:
         """Queue events (in id order) behind their conversation's earlier ones."""
@@ -79,7 +97,7 @@ class Dispatcher:
                 self._queues[key] = deque((event,))
                 self._ready.put_nowait(key)
             else:
-                waiting.append(event)
+                _insert(waiting, event)
 
     def start(self) -> None:
         """Start the workers (call from the running event loop)."""
@@ -126,23 +144,43 @@ class Dispatcher:
             waiting = self._queues[key]
             event = waiting.popleft()
             try:
-                await self._run(event)
-            finally:
-                self._depth -= 1
-                self._seen.discard(event.id)
-                if waiting:
-                    self._ready.put_nowait(key)
-                else:
-                    del self._queues[key]
-                if self._depth == 0:
-                    self._idle.set()
+                deferred = await self._run(event)
+            except BaseException:
+                self._done(key, waiting, event)
+                raise
+            if deferred:
+                self._defer(key, waiting, event)
+            else:
+                self._done(key, waiting, event)
 
-    async def _run(self, event: StoredEvent) -> None:
+    def _done(self, key: Conversation, waiting: deque[StoredEvent], event: StoredEvent) -> None:
+        self._depth -= 1
+        self._seen.discard(event.id)
+        if waiting:
+            self._ready.put_nowait(key)
+        else:
+            del self._queues[key]
+        if self._depth == 0:
+            self._idle.set()
+
+    def _defer(self, key: Conversation, waiting: deque[StoredEvent], event: StoredEvent) -> None:
+        """Put a deferred event back in its place and try its conversation again later."""
+        _insert(waiting, event)
+        times = self._deferrals[event.id] = self._deferrals.get(event.id, 0) + 1
+        delay = min(MAX_DEFER_DELAY, DEFER_DELAY * 2 ** min(times - 1, 10))
+        asyncio.get_running_loop().call_later(delay, self._ready.put_nowait, key)
+
+    async def _run(self, event: StoredEvent) -> bool:
+        """Handle one event, retrying failures; True when it was deferred."""
         attempt = event.attempts
         while True:
             try:
                 await self._handler(event)
-                return
+                self._deferrals.pop(event.id, None)
+                return False
+            except Deferred as why:
+                log.debug("event %s deferred: %s", event.id, why)
+                return True
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -164,6 +202,15 @@ class Dispatcher:
                         log.warning("cannot record event %s's failure: %s", event.id, hook_error)
                         final = False
                 if final or self._stopping:
-                    return
+                    self._deferrals.pop(event.id, None)
+                    return False
                 delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+
+def _insert(waiting: deque[StoredEvent], event: StoredEvent) -> None:
+    """Put `event` into a conversation's queue in id order (normally at the end)."""
+    if not waiting or waiting[-1].id < event.id:
+        waiting.append(event)
+    else:
+        waiting.insert(bisect.bisect(waiting, event.id, key=lambda e: e.id), event)

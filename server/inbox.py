@@ -75,6 +75,19 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(
+        row.id,
+        row.page_id,
+        row.psid,
+        row.kind,
+        row.event_key,
+        row.payload,
+        _utc(row.received_at),
+        row.attempts,
+    )
+
+
 _SQLITE_LOCKS: dict[str, threading.Lock] = {}
 _SQLITE_LOCKS_GUARD = threading.Lock()
 
@@ -144,6 +157,21 @@ _ATTEMPT = (
     update(_T)
     .where(_C.id == bindparam("event_id"), _C.status == "pending")
     .values(attempts=bindparam("new_attempts"), error=bindparam("new_error", type_=_C.error.type))
+)
+_STALE = (
+    select(
+        _C.id,
+        _C.page_id,
+        _C.psid,
+        _C.kind,
+        _C.event_key,
+        _C.payload,
+        _C.received_at,
+        _C.attempts,
+    )
+    .where(_C.status == "pending", _C.received_at < bindparam("before", type_=_C.received_at.type))
+    .order_by(_C.id)
+    .limit(bindparam("limit"))
 )
 _COUNTS = select(_C.status, func.count()).group_by(_C.status)
 _STATUS = select(_C.status, _C.attempts, _C.error).where(_C.id == bindparam("event_id"))
@@ -236,19 +264,14 @@ class Inbox:
         """Pending events with an id above `after`, oldest first (at most `limit`)."""
         with self.engine.connect() as conn:
             rows = conn.execute(_PENDING, {"after": after, "limit": limit}).all()
-        return [
-            StoredEvent(
-                r.id,
-                r.page_id,
-                r.psid,
-                r.kind,
-                r.event_key,
-                r.payload,
-                _utc(r.received_at),
-                r.attempts,
-            )
-            for r in rows
-        ]
+        return [_stored(r) for r in rows]
+
+    def stale(self, before: datetime, *, limit: int = 10_000) -> list[StoredEvent]:
+        """Pending events received before `before`, oldest first: with several instances on
+        one database, the ones whose instance may have died (any instance takes them over)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(_STALE, {"before": before, "limit": limit}).all()
+        return [_stored(r) for r in rows]
 
     def all_pending(self, batch: int = 10_000) -> Iterable[StoredEvent]:
         """Every pending event, oldest first, read in batches."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import queue
 import threading
@@ -35,7 +36,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from flowlang.ir import PAGE_INBOX_APP_ID
@@ -45,6 +46,7 @@ from runtime.events import Inbound, Outbound
 from runtime.program import ProgramView
 from runtime.state import ConversationState
 from runtime.store import Contact, SqlStore, insert_statement, load_state, save_state
+from server.dispatcher import Deferred
 from server.inbox import FINISH, EventStatus, Inbox, StoredEvent, write_lock
 from server.messenger import EventKind, WebhookEvent, to_inbound
 from server.metrics import Metrics
@@ -93,6 +95,8 @@ class Outcome:
     already_handled: bool = False
     #: The turn read `user.*` from a profile not fetched yet: nothing was written.
     needs_profile: bool = False
+    #: Why the event cannot run yet (several instances: see `_gate`); nothing was written.
+    deferred: str | None = None
 
 
 class ProfileProbe(Mapping[str, Any]):
@@ -132,6 +136,22 @@ _LOG_OUTBOUND = _LOG.insert()
 _FLOW_EVENTS = tables.flow_events.insert()
 #: Trace entries kept as flow events (for `flowc monitor`); faults come from `Turn.faults`.
 _FLOW_EVENT_KINDS = frozenset({"start", "end", "hand_over"})
+
+
+#: Several instances on PostgreSQL: a conversation's event runs only while holding the
+#: conversation's advisory lock (for its transaction; never waited for, so never a deadlock)
+#: and when no earlier event of the conversation is still pending (in some instance's queue).
+_GATE = text(
+    "SELECT pg_try_advisory_xact_lock(:lock_key) AS locked, EXISTS (SELECT 1 FROM "
+    "webhook_events WHERE page_id = :page_id AND psid = :psid AND status = 'pending' "
+    "AND id < :event_id) AS earlier"
+)
+
+
+def conversation_lock_key(page_id: str, psid: str) -> int:
+    """The conversation's advisory lock id: a stable signed 64-bit hash of (page, user)."""
+    digest = hashlib.blake2b(f"{page_id}:{psid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _now() -> datetime:
@@ -380,6 +400,8 @@ class Processor:
         self._notify = notify
         self.app_id = app_id
         self.profiles_when_read = profiles_when_read
+        # Other instances may share the database (PostgreSQL): see `_gate`.
+        self._shared = engine.dialect.name != "sqlite"
         # Reads (pages, contacts) and receipts; the event transactions go to `_commit`.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="flow-process")
         self._commit = GroupCommit(engine, lock=self._lock, threads=writers)
@@ -435,12 +457,18 @@ class Processor:
                         profile = await self._profile(event.page_id, event.psid)
                 job = partial(self._turn, event, inbound, view, profile, page_vars)
                 outcome = await self._commit.run(job)
+                if outcome.deferred:
+                    raise Deferred(outcome.deferred)
                 if outcome.needs_profile:
                     profile = await self._profile(event.page_id, event.psid)
                     job = partial(self._turn, event, inbound, view, profile, page_vars)
                     outcome = await self._commit.run(job)
+                    if outcome.deferred:
+                        raise Deferred(outcome.deferred)
         else:
             outcome = await self._other(event)
+            if outcome.deferred:
+                raise Deferred(outcome.deferred)
         for fault in outcome.faults:
             self.metrics.runtime_faults.inc()
             log.warning("conversation %s/%s: %s", event.page_id, event.psid, fault)
@@ -592,6 +620,9 @@ class Processor:
         With a `ProfileProbe` that the step reads, nothing is written: the caller fetches
         the profile and runs the event again."""
         assert event.psid is not None
+        busy = self._gate(conn, event)
+        if busy:
+            return Outcome("pending", deferred=busy)
         state = _load(conn, event.page_id, event.psid)
         turn = None
         if not state.handed_over:  # else a person has the thread: record only
@@ -619,6 +650,9 @@ class Processor:
         return Outcome("done", outbound=len(rows), faults=turn.faults)
 
     def _handover(self, event: StoredEvent, psid: str, ours: bool, conn: Connection) -> Outcome:
+        busy = self._gate(conn, event)
+        if busy:
+            return Outcome("pending", deferred=busy)
         if not self._claim(conn, event, "done"):
             return Outcome("done", already_handled=True)
         state = _load(conn, event.page_id, psid)
@@ -675,6 +709,26 @@ class Processor:
         # thread (us, unless it names the Page Inbox); a take_thread_control to the app that
         # lost it (us).
         return kind == "pass_thread_control" and owner != PAGE_INBOX_APP_ID
+
+    def _gate(self, conn: Connection, event: StoredEvent) -> str | None:
+        """Why the conversation's event cannot run now, or None (always None on SQLite,
+        where one process owns the database and the dispatcher keeps the order)."""
+        if not self._shared or event.psid is None:
+            return None
+        row = conn.execute(
+            _GATE,
+            {
+                "lock_key": conversation_lock_key(event.page_id, event.psid),
+                "page_id": event.page_id,
+                "psid": event.psid,
+                "event_id": event.id,
+            },
+        ).one()
+        if not row.locked:
+            return "another instance is processing this conversation"
+        if row.earlier:
+            return "an earlier event of this conversation is still pending"
+        return None
 
     @staticmethod
     def _claim(conn: Connection, event: StoredEvent, status: EventStatus) -> bool:

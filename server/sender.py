@@ -21,10 +21,20 @@ The processor writes what a turn says as outbound rows (status "pending", body
   24-hour window, any permanent error, or retries exhausted);
 - at start, resumes every pending row.
 
+Several server instances on one PostgreSQL database ("shared" mode) send a conversation's rows
+from one instance at a time: an instance takes the conversation's lease in `outbox_leases`
+before loading its rows, renews all its leases every third of `lease_seconds`, stops sending a
+conversation whose lease it could not renew in time, and gives the lease back once the
+conversation's outcomes are written. Rows another instance holds are left to it; a notified
+conversation whose lease is taken is tried again shortly (its holder may have finished before
+our rows were committed). Every `lease_seconds / 2` each instance also picks up pending rows of
+healthy pages whose conversation has no live lease: a crashed instance's rows are sent by
+another after at most `lease_seconds`.
+
 Delivery is at least once: a row whose send was in flight when the process died is sent again
-after the restart (the Send API has no idempotency key), and so is a send that timed out but
-had in fact reached Meta. Everything else goes out exactly once. (A `pause` cut short by a
-restart is waited again in full.)
+after the restart or by the instance that takes its lease over (the Send API has no
+idempotency key), and so is a send that timed out but had in fact reached Meta. Everything else
+goes out exactly once. (A `pause` cut short by a restart is waited again in full.)
 
 Status updates of all conversations are written in batches by one writer task (one transaction
 per batch), and the rows of all notified conversations are read by one loader task: the
@@ -39,10 +49,11 @@ import functools
 import logging
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine, bindparam, exc, select, text, update
@@ -182,6 +193,47 @@ _RECORD = (
 )
 
 
+# Leases (shared mode, PostgreSQL only). Expiry uses the database's clock, which every
+# instance shares, never the instances' own.
+_ACQUIRE = text(
+    "INSERT INTO outbox_leases (page_id, psid, owner, expires_at) "
+    "SELECT k.page_id, k.psid, :owner, now() + make_interval(secs => :ttl) "
+    "FROM unnest(CAST(:pages AS text[]), CAST(:psids AS text[])) AS k(page_id, psid) "
+    "ON CONFLICT (page_id, psid) DO UPDATE SET owner = EXCLUDED.owner, "
+    "expires_at = EXCLUDED.expires_at "
+    "WHERE outbox_leases.owner = EXCLUDED.owner OR outbox_leases.expires_at < now() "
+    "RETURNING page_id, psid"
+)
+_RENEW = text(
+    "UPDATE outbox_leases SET expires_at = now() + make_interval(secs => :ttl) "
+    "WHERE owner = :owner RETURNING page_id, psid"
+)
+_RELEASE = text(
+    "DELETE FROM outbox_leases WHERE owner = :owner AND (page_id, psid) IN "
+    "(SELECT * FROM unnest(CAST(:pages AS text[]), CAST(:psids AS text[])))"
+)
+_RELEASE_ALL = text("DELETE FROM outbox_leases WHERE owner = :owner")
+#: Pending rows whose conversation nobody holds: at start all of them (unknown and refused
+#: pages' rows are then held, as on one instance), on sweeps those of healthy pages only.
+_ORPHANS_SQL = (
+    "SELECT m.id, m.page_id, m.psid, m.kind, m.body FROM message_log m {pages}"
+    "LEFT JOIN outbox_leases l ON l.page_id = m.page_id AND l.psid = m.psid "
+    "AND l.expires_at > now() "
+    "WHERE m.status = 'pending' AND m.direction = 'outbound' AND m.created_at < :before "
+    "AND m.id > :after AND l.page_id IS NULL ORDER BY m.id LIMIT :limit"
+)
+_ORPHANS = {
+    healthy_only: text(
+        _ORPHANS_SQL.format(
+            pages="JOIN pages p ON p.page_id = m.page_id AND p.healthy " if healthy_only else ""
+        )
+    ).columns(body=_MC.body.type)
+    for healthy_only in (False, True)
+}
+#: A conversation whose lease another instance holds is tried again after this many seconds.
+CONTENDED_RETRY = 0.25
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -203,6 +255,9 @@ class Sender:
         max_in_flight_per_page: int | None = None,
         page_check_interval: float = 5.0,
         rng: random.Random | None = None,
+        shared: bool | None = None,
+        lease_seconds: float = 30.0,
+        owner: str | None = None,
     ) -> None:
         self.engine = engine
         self.graph = graph
@@ -237,6 +292,16 @@ class Sender:
         self._tasks: list[asyncio.Task[None]] = []
         self._db_calls: set[asyncio.Future[Any]] = set()
         self._warned_unknown: set[str] = set()
+        #: Several instances may share the database (default: on PostgreSQL): use leases.
+        self.shared = engine.dialect.name == "postgresql" if shared is None else shared
+        self.lease_seconds = lease_seconds
+        self.owner = owner or uuid.uuid4().hex[:16]
+        # Conversations we hold the lease of -> until when (monotonic) we may trust it.
+        self._leased: dict[Key, float] = {}
+        self._lease_lock = asyncio.Lock()  # acquire, renew and release never interleave
+        self._contended: set[Key] = set()
+        self._release_keys: set[Key] = set()
+        self._sweep = False
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -253,16 +318,20 @@ class Sender:
             asyncio.create_task(self._writer(), name="sender-writer"),
             asyncio.create_task(self._monitor(), name="sender-pages"),
         ]
+        if self.shared:
+            self._tasks.append(asyncio.create_task(self._keep_leases(), name="sender-leases"))
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop sending. Rows being sent stay pending (they are sent again at the next
         start); outcomes already known are written first."""
-        loader, writer, monitor = self._tasks or (None, None, None)
+        loader, writer, monitor, *extra = self._tasks or (None, None, None)
         workers = [c.task for c in self._conversations.values() if c.task is not None]
-        for task in (loader, monitor, *workers):
+        for task in (loader, monitor, *extra, *workers):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(*(t for t in (loader, monitor, *workers) if t), return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (loader, monitor, *extra, *workers) if t), return_exceptions=True
+        )
         if writer is not None:
             # Let the writer drain what is queued, then end it.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -271,6 +340,11 @@ class Sender:
             await asyncio.gather(writer, return_exceptions=True)
         if self._db_calls:
             await asyncio.wait(set(self._db_calls), timeout=timeout)
+        if self.shared and self._leased:
+            # Hand our conversations to the other instances now rather than at expiry.
+            self._leased.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._db(self._release_all), timeout)
         self._tasks = []
 
     async def _db(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -315,6 +389,7 @@ class Sender:
         """Nothing to load, send or write (held pages' rows aside)."""
         return not (
             self._notified
+            or self._contended
             or self._resume
             or self._loading
             or self._conversations
@@ -344,8 +419,11 @@ class Sender:
             # conversations that go idle while it runs record their marks anew.
             self._idle_marks.clear()
             self._loading = True
+            sweep, self._sweep = self._sweep, False
             try:
-                if resume:
+                if self.shared:
+                    rows = await self._load_leased(keys, resume, sweep)
+                elif resume:
                     rows = await self._db(self._load_all)
                 else:
                     rows = await self._db(self._load, keys)
@@ -383,6 +461,129 @@ class Sender:
                     return rows
                 after = found[-1].id
 
+    # ------------------------------------------------------------------------- leases
+
+    async def _load_leased(self, keys: set[Key], resume: bool, sweep: bool) -> list[Any]:
+        """Shared mode: the pending rows of the conversations we hold (or now take) the
+        lease of. At start (`resume`) and on sweeps, the rows nobody holds."""
+        rows: list[Any] = []
+        if resume or sweep:
+            # At start, every row nobody holds (a restart need not wait for our old leases:
+            # `stop` gave them back; after a crash they expire). Sweeps skip fresh rows: their
+            # instance is about to be notified of them.
+            grace = 0.0 if resume else self.lease_seconds
+            found = await self._db(self._load_orphans, grace)
+            rows = await self._keep_granted(found, {(r.page_id, r.psid) for r in found})
+        if keys:
+            granted = await self._acquire(keys)
+            denied = keys - granted
+            if denied:
+                self._contended |= denied
+                assert self._loop is not None
+                self._loop.call_later(CONTENDED_RETRY, self._retry_contended)
+            if granted:
+                rows += await self._db(self._load, granted)
+        return rows
+
+    async def _keep_granted(self, rows: list[Any], keys: set[Key]) -> list[Any]:
+        granted = await self._acquire(keys) if keys else set()
+        return [r for r in rows if (r.page_id, r.psid) in granted]
+
+    def _retry_contended(self) -> None:
+        keys, self._contended = self._contended, set()
+        for page_id, psid in keys:
+            self.notify(page_id, psid)
+
+    async def _acquire(self, keys: set[Key]) -> set[Key]:
+        """Take (or renew) the leases of `keys`; returns the ones we now hold."""
+        async with self._lease_lock:
+            granted = await self._db(self._acquire_rows, sorted(keys))
+            until = time.monotonic() + self.lease_seconds * 0.8
+            for key in granted:
+                self._leased[key] = until
+            self._release_keys -= granted
+            return granted
+
+    def _acquire_rows(self, keys: list[Key]) -> set[Key]:
+        params = {
+            "owner": self.owner,
+            "ttl": self.lease_seconds,
+            "pages": [k[0] for k in keys],
+            "psids": [k[1] for k in keys],
+        }
+        with self.engine.begin() as conn:
+            return {(r.page_id, r.psid) for r in conn.execute(_ACQUIRE, params)}
+
+    def _load_orphans(self, grace: float) -> list[Any]:
+        before = _now() - timedelta(seconds=grace)
+        query = _ORPHANS[grace > 0]
+        rows: list[Any] = []
+        after = 0
+        with self.engine.connect() as conn:
+            while True:
+                params = {"before": before, "after": after, "limit": _RESUME_PAGE}
+                found = conn.execute(query, params).all()
+                rows.extend(found)
+                if len(found) < _RESUME_PAGE:
+                    return rows
+                after = found[-1].id
+
+    def _lease_valid(self, key: Key) -> bool:
+        return not self.shared or self._leased.get(key, 0.0) > time.monotonic()
+
+    async def _keep_leases(self) -> None:
+        """Renew our leases, give back the idle ones, and sweep for orphaned rows."""
+        period = max(0.1, self.lease_seconds / 3)
+        last_sweep = time.monotonic()
+        while True:
+            await asyncio.sleep(min(period, 0.05) if self._release_keys else period)
+            try:
+                async with self._lease_lock:
+                    await self._release_idle()
+                    if self._leased:
+                        held = await self._db(self._renew_rows)
+                        until = time.monotonic() + self.lease_seconds * 0.8
+                        for key in list(self._leased):
+                            if key in held:
+                                self._leased[key] = until
+                            else:
+                                # Taken over (we were stalled past the expiry): stop sending.
+                                del self._leased[key]
+                                log.warning("sender: lost the lease of %s/%s", *key)
+            except Exception as e:  # the database is down: leases run out, sending pauses
+                log.error("sender: cannot renew the outbox leases (%r)", e)
+            if time.monotonic() - last_sweep >= self.lease_seconds / 2:
+                last_sweep = time.monotonic()
+                self._sweep = True
+                self._wake_loader.set()
+
+    async def _release_idle(self) -> None:
+        keys = [k for k in self._release_keys if k not in self._conversations]
+        self._release_keys.clear()
+        if not keys:
+            return
+        for key in keys:
+            self._leased.pop(key, None)
+        await self._db(self._release_rows, keys)
+
+    def _renew_rows(self) -> set[Key]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(_RENEW, {"owner": self.owner, "ttl": self.lease_seconds})
+            return {(r.page_id, r.psid) for r in rows}
+
+    def _release_rows(self, keys: list[Key]) -> None:
+        params = {
+            "owner": self.owner,
+            "pages": [k[0] for k in keys],
+            "psids": [k[1] for k in keys],
+        }
+        with self.engine.begin() as conn:
+            conn.execute(_RELEASE, params)
+
+    def _release_all(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_RELEASE_ALL, {"owner": self.owner})
+
     def _enqueue(self, rows: Iterable[Any]) -> None:
         for row in sorted(rows, key=lambda r: r.id):
             key = (row.page_id, row.psid)
@@ -406,11 +607,14 @@ class Sender:
 
     async def _run(self, conversation: _Conversation) -> None:
         key = conversation.key
-        held = False
+        held = lost = False
         try:
             while True:
                 while conversation.rows:
                     row = conversation.rows[0]
+                    if not self._lease_valid(key):
+                        lost = True  # another instance may send these rows now
+                        break
                     try:
                         await self._deliver(key, row)
                     except _Hold:
@@ -422,13 +626,20 @@ class Sender:
                 if conversation.flushed is not None:
                     # Our outcomes must be committed before a later load can look at our rows.
                     await asyncio.shield(conversation.flushed)
-                if held or not conversation.rows:
+                if held or lost or not conversation.rows:
                     break
         finally:
             if held:
                 self._held.setdefault(key[0], set()).add(key)
             self._conversations.pop(key, None)
             self._idle_marks[key] = conversation.done_id
+            if self.shared:
+                self._release_keys.add(key)
+                if lost:
+                    # Ask again: if nobody took the lease over, we carry on.
+                    self._contended.add(key)
+                    assert self._loop is not None
+                    self._loop.call_later(CONTENDED_RETRY, self._retry_contended)
 
     async def _deliver(self, key: Key, row: _Row) -> None:
         """Send one row until it is sent or failed; raises `_Hold` to keep it pending."""

@@ -19,6 +19,8 @@ from runtime.db import DEFAULT_DATABASE_URL
 DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v25.0"
 #: Largest webhook body accepted; Meta batches at most ~1,000 small events per POST.
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_RECLAIM_AFTER = 30.0
+DEFAULT_OUTBOX_LEASE_SECONDS = 30.0
 
 # What to say about a variable that is missing or wrong (the first line of the fix).
 _HELP = {
@@ -32,6 +34,8 @@ _HELP = {
     "max_body_bytes": "a size in bytes, e.g. 1048576",
     "admin_token": "a long random string for POST /admin/reload",
     "app_id": "your Meta app's numeric id",
+    "reclaim_after": "a number of seconds, e.g. 30",
+    "outbox_lease_seconds": "a number of seconds, e.g. 30",
 }
 
 
@@ -57,6 +61,12 @@ class Settings(BaseSettings):
     graph_api_url: str = DEFAULT_GRAPH_API_URL
     admin_token: SecretStr | None = None
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    #: Several instances on one database: an event still pending this many seconds after it
+    #: arrived is taken over by any instance (its own may have crashed).
+    reclaim_after: float = Field(default=DEFAULT_RECLAIM_AFTER, gt=0)
+    #: How long an instance owns a conversation's outbound messages without renewing; a
+    #: crashed instance's conversations are sent by another after this.
+    outbox_lease_seconds: float = Field(default=DEFAULT_OUTBOX_LEASE_SECONDS, gt=0)
 
     @field_validator("app_secret", "verify_token", "secret_key", "page_token", "admin_token")
     @classmethod
