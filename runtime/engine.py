@@ -1185,8 +1185,8 @@ class _Run:
         while True:
             while aid is None:
                 # The flow ended: go back to the flow that called it, if any.
+                trace.append(_end_entry(fi, st.step))
                 if not st.stack or st.stack[-1].reason != "call":
-                    trace.append(_end_entry(fi, st.step))
                     self.go_idle()
                     return
                 frame = st.stack.pop()

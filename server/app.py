@@ -15,6 +15,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from flowlang.render import render
 from runtime import db
 from runtime.program import ProgramView
 from runtime.store import SqlStore
+from server.admin_users import forget_user_endpoint
 from server.crypto import CryptoError, TokenCipher
 from server.dispatcher import DEFAULT_CONCURRENCY, Dispatcher
 from server.graph import GraphClient, create_http_client
@@ -116,6 +118,7 @@ class Server:
         self.writer: IngressWriter | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._reclaimer: asyncio.Task[None] | None = None
         self._ready_writer: IngressWriter | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,6 +171,7 @@ class Server:
             self.graph,
             pages,
             on_result=lambda r: metrics.send_outcome(r.outcome, r.error_code),
+            lease_seconds=settings.outbox_lease_seconds,
             **self._sender_options,
         )
         try:
@@ -188,6 +192,7 @@ class Server:
         dispatcher = self.dispatcher = Dispatcher(
             processor.handle,
             on_failure=processor.on_failure,
+            is_transient=processor.is_transient,
             concurrency=self._concurrency,
             **self._dispatcher_options,
         )
@@ -204,15 +209,17 @@ class Server:
         metrics.track_queue("outbox", sender.queue_depth)
         if self._watch:
             self._watcher = asyncio.create_task(self._watch_flows(seen), name="flow-watch")
+        self._reclaimer = asyncio.create_task(self._reclaim(inbox), name="flow-reclaim")
         if self._freeze_gc:
             _freeze_heap()
 
     async def stop(self) -> None:
         """Stop taking events, let running work finish (briefly), release everything.
         Whatever is not finished stays pending in the database for the next start."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        for task in (self._watcher, self._reclaimer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         writer, self.writer = self.writer, None
         if writer is not None:
             await asyncio.to_thread(writer.stop)
@@ -297,6 +304,26 @@ class Server:
             if now != seen:
                 seen = now
                 await self.reload()
+
+    async def _reclaim(self, inbox: Inbox) -> None:
+        """Take over events left pending `reclaim_after` seconds: with several instances on
+        one database, their instance may have died after storing them. (An instance that
+        is merely slow loses nothing: an event runs once, whoever runs it; see
+        `Processor._gate`.) On one instance this finds nothing, unless a bug lost an event."""
+        after = self.settings.reclaim_after
+        while True:
+            await asyncio.sleep(max(0.5, after / 3))
+            assert self.dispatcher is not None
+            before = datetime.now(UTC) - timedelta(seconds=after)
+            try:
+                stale = await asyncio.to_thread(inbox.stale, before)
+            except Exception as e:  # the database is down: try again next round
+                log.warning("cannot look for stale events: %s", e)
+                continue
+            fresh = [event for event in stale if not self.dispatcher.has(event.id)]
+            if fresh:
+                log.info("taking over %d events pending for over %g s", len(fresh), after)
+                self.dispatcher.submit(fresh)
 
     # ------------------------------------------------------------------ readiness
 
@@ -407,7 +434,7 @@ def create_app(
     sender_options: dict[str, Any] | None = None,
     dispatcher_options: dict[str, Any] | None = None,
     freeze_gc: bool = True,
-    profiles_when_read: bool = False,
+    profiles_when_read: bool = True,
 ) -> Starlette:
     """The server app. `flows` are the .flow files or folders (recompiled by reloads);
     `program`, when given, is their already compiled program (else the lifespan compiles
@@ -416,8 +443,10 @@ def create_app(
     `dispatcher_options` to `Dispatcher` (max_attempts, backoff, …). `freeze_gc` moves
     what start-up built out of the garbage collector's sight (see `_freeze_heap`); leave it
     on in a server process, turn it off where many apps come and go (tests).
-    `profiles_when_read` fetches user profiles only for turns that read `user.*` (see
-    `server.processor.Processor`)."""
+    `profiles_when_read` (the default) fetches a user's profile before the first turn that
+    reads `user.*`, not before their first event: flows that never show the profile cost no
+    User Profile API calls (they count against the page's rate limit) and answer sooner
+    (see `server.processor.Processor`)."""
     server = Server(
         settings,
         flows=flows,
@@ -459,6 +488,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/reload", admin_reload, methods=["POST"]),
+            Route("/admin/users/{page_id}/{psid}", forget_user_endpoint, methods=["DELETE"]),
         ],
         lifespan=lifespan,
     )

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 Conversation = tuple[str, str | None]
 #: Handles one event; raising means "try again later".
 Handler = Callable[[StoredEvent], Awaitable[None]]
+#: Whether an error is passing (the database is restarting): retried without counting an
+#: attempt, however long it lasts, so an outage loses no event.
+Transient = Callable[[BaseException], bool]
 #: Told about a failed attempt (attempt number, error, whether it was the last one). It
 #: records the failure; if it raises (the database is down), the event is retried anyway.
 FailureHook = Callable[[StoredEvent, int, BaseException, bool], Awaitable[None]]
@@ -53,6 +56,7 @@ class Dispatcher:
         handler: Handler,
         *,
         on_failure: FailureHook | None = None,
+        is_transient: Transient | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         backoff: float = 0.05,
@@ -60,6 +64,7 @@ class Dispatcher:
     ) -> None:
         self._handler = handler
         self._on_failure = on_failure
+        self._is_transient = is_transient
         self._concurrency = concurrency
         self.max_attempts = max_attempts
         self._backoff = backoff
@@ -173,6 +178,7 @@ class Dispatcher:
     async def _run(self, event: StoredEvent) -> bool:
         """Handle one event, retrying failures; True when it was deferred."""
         attempt = event.attempts
+        outage = 0
         while True:
             try:
                 await self._handler(event)
@@ -184,6 +190,15 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if self._is_transient is not None and self._is_transient(error):
+                    outage += 1
+                    if outage == 1:
+                        log.warning("event %s waits for the database: %s", event.id, error)
+                    if self._stopping:
+                        return False
+                    delay = min(self._max_backoff, self._backoff * 2 ** min(outage - 1, 10))
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    continue
                 attempt += 1
                 final = attempt >= self.max_attempts
                 log.warning(

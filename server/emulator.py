@@ -68,6 +68,36 @@ EMULATOR_APP_ID = "1000000000000999"
 #: At most this many requests are kept (oldest dropped); the counters keep counting.
 MAX_RECORDS = 200_000
 
+#: The page webhook fields the emulator lets an app subscribe to: the Messenger ones (reference
+#: §4) and a few other common page fields; Meta refuses unknown names with error 100.
+SUBSCRIPTION_FIELDS = frozenset(
+    {
+        "messages",
+        "message_echoes",
+        "message_deliveries",
+        "message_reads",
+        "message_edits",
+        "message_reactions",
+        "messaging_postbacks",
+        "messaging_referrals",
+        "messaging_optins",
+        "messaging_handovers",
+        "standby",
+        "messaging_account_linking",
+        "messaging_policy_enforcement",
+        "messaging_feedback",
+        "messaging_game_plays",
+        "response_feedback",
+        "send_cart",
+        "messenger_template_status_update",
+        "feed",
+        "mention",
+        "inbox_labels",
+        "leadgen",
+        "ratings",
+    }
+)
+
 _VERSION = re.compile(r"^v\d+(?:\.\d+)?$")
 #: What a PSID (or another Graph node id) looks like in a path.
 _NODE = re.compile(r"^[\w.-]+$")
@@ -389,7 +419,7 @@ class GraphApi:
         if edge == "messenger_profile":
             return self._messenger_profile(method, body, query), False
         if edge == "subscribed_apps":
-            return self._subscribed_apps(method, query), False
+            return self._subscribed_apps(method, body, query), False
         if edge == "" and method == "GET":
             if node == "me":
                 return JSONResponse({"name": emulator.page_name, "id": emulator.page_id}), False
@@ -491,6 +521,12 @@ class GraphApi:
             data = {key: stored[key] for key in wanted if key in stored}
             return JSONResponse({"data": [data] if data else []})
         if method == "POST" and isinstance(body, dict) and body:
+            if "persistent_menu" in body and "get_started" not in {**stored, **body}:
+                # Meta refuses a menu on a page without a Get Started button (reference §9).
+                return _send_error(
+                    "(#100) You must set a Get Started button if you also wish to use "
+                    "persistent menu."
+                )
             stored.update(body)  # only the properties in the body are overwritten
             return JSONResponse({"result": "success"})
         if method == "DELETE" and isinstance(body, dict) and isinstance(body.get("fields"), list):
@@ -499,11 +535,26 @@ class GraphApi:
             return JSONResponse({"result": "success"})
         return _send_error("(#100) Invalid parameter")
 
-    def _subscribed_apps(self, method: str, query: dict[str, str]) -> Response:
+    def _subscribed_apps(self, method: str, body: Any, query: dict[str, str]) -> Response:
         emulator = self.emulator
         if method == "POST":
-            fields = query.get("subscribed_fields", "")
-            emulator.subscribed_fields[:] = [f for f in fields.split(",") if f]
+            # Meta reads the fields from the query (its curl example) or the body, as a
+            # comma-separated text or a list.
+            given: Any = query.get("subscribed_fields")
+            if given is None and isinstance(body, dict):
+                given = body.get("subscribed_fields")
+            if isinstance(given, str):
+                given = given.split(",")
+            fields = [str(f).strip() for f in given or () if str(f).strip()]
+            if not fields:
+                return _send_error("(#100) The parameter subscribed_fields is required")
+            for index, name in enumerate(fields):
+                if name not in SUBSCRIPTION_FIELDS:
+                    return _send_error(
+                        f"(#100) Param subscribed_fields[{index}] must be one of "
+                        f'{{{", ".join(sorted(SUBSCRIPTION_FIELDS))}}} - got "{name}"'
+                    )
+            emulator.subscribed_fields[:] = list(dict.fromkeys(fields))
             return JSONResponse({"success": True})
         if method == "DELETE":
             emulator.subscribed_fields.clear()

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +39,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from flowlang.ir import PAGE_INBOX_APP_ID
 from runtime import tables
@@ -134,8 +136,10 @@ _LOG_INBOUND = {
 }
 _LOG_OUTBOUND = _LOG.insert()
 _FLOW_EVENTS = tables.flow_events.insert()
-#: Trace entries kept as flow events (for `flowc monitor`); faults come from `Turn.faults`.
-_FLOW_EVENT_KINDS = frozenset({"start", "end", "hand_over"})
+#: Trace entries kept as flow events (for `flowc monitor`), by the event kind they become: a
+#: flow entered by `call` starts too (its end is traced when it returns). Faults come from
+#: `Turn.faults`.
+_FLOW_EVENT_KINDS = {"start": "start", "call": "start", "end": "end", "hand_over": "hand_over"}
 
 
 #: Several instances on PostgreSQL: a conversation's event runs only while holding the
@@ -195,7 +199,7 @@ def flow_events(page_id: str, psid: str, turn: Turn) -> list[dict[str, Any]]:
             "psid": psid,
             "flow_id": entry.flow,
             "step": entry.step,
-            "kind": entry.kind,
+            "kind": _FLOW_EVENT_KINDS[entry.kind],
             "detail": None,
             "source": None,
             "at": now,
@@ -371,7 +375,8 @@ class Processor:
     - `profiles_when_read`: fetch a user's profile only when a turn reads `user.*` (see
       `ProfileProbe`) instead of before their first event. Fewer Graph calls (they count
       against the page's rate limit) and a faster first answer when the flows never show the
-      profile; off by default, as the design asks for the profile on first contact."""
+      profile. The server turns it on (`create_app`); off, the profile is fetched before a
+      user's first event."""
 
     def __init__(
         self,
@@ -481,6 +486,21 @@ class Processor:
             max(0.0, (_now() - event.received_at).total_seconds())
         )
 
+    @staticmethod
+    def is_transient(error: BaseException) -> bool:
+        """The dispatcher's test for passing errors: the database is unreachable or
+        restarting, or broke a deadlock (the event is retried without counting an attempt)."""
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        if isinstance(error, InterfaceError):
+            return True
+        if isinstance(error, OperationalError):
+            if isinstance(error.orig, sqlite3.Error):
+                # SQLite reports a missing table as "operational" too: only a lock passes.
+                return "locked" in str(error.orig) or "busy" in str(error.orig)
+            return True  # PostgreSQL: connection lost, server shutting down, deadlock
+        return False
+
     async def on_failure(
         self, event: StoredEvent, attempt: int, error: BaseException, final: bool
     ) -> None:
@@ -492,6 +512,11 @@ class Processor:
             log.error("event %s (%s) failed for good: %s", event.id, event.kind, reason)
         else:
             await self._thread(self.inbox.record_attempt, event.id, attempt, reason)
+
+    def forget(self, page_id: str, psid: str) -> None:
+        """Drop what is cached about a person whose data was erased (`flowc user forget`)."""
+        self._profiles.pop((page_id, psid), None)
+        self._profile_retry.pop((page_id, psid), None)
 
     def _processed(self, kind: str, status: str) -> Any:
         child = self._counters.get((kind, status))

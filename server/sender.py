@@ -194,7 +194,8 @@ _RECORD = (
 
 
 # Leases (shared mode, PostgreSQL only). Expiry uses the database's clock, which every
-# instance shares, never the instances' own.
+# instance shares, never the instances' own. Every statement locks lease rows in one order
+# (keys sorted as Python sorts them = COLLATE "C"), so instances never deadlock on them.
 _ACQUIRE = text(
     "INSERT INTO outbox_leases (page_id, psid, owner, expires_at) "
     "SELECT k.page_id, k.psid, :owner, now() + make_interval(secs => :ttl) "
@@ -204,14 +205,17 @@ _ACQUIRE = text(
     "WHERE outbox_leases.owner = EXCLUDED.owner OR outbox_leases.expires_at < now() "
     "RETURNING page_id, psid"
 )
+#: Our lease rows among the given keys, locked in key order.
+_OURS = (
+    "(page_id, psid) IN (SELECT page_id, psid FROM outbox_leases WHERE owner = :owner "
+    "AND (page_id, psid) IN (SELECT * FROM unnest(CAST(:pages AS text[]), "
+    'CAST(:psids AS text[]))) ORDER BY page_id COLLATE "C", psid COLLATE "C" FOR UPDATE)'
+)
 _RENEW = text(
     "UPDATE outbox_leases SET expires_at = now() + make_interval(secs => :ttl) "
-    "WHERE owner = :owner RETURNING page_id, psid"
+    f"WHERE {_OURS} RETURNING page_id, psid"
 )
-_RELEASE = text(
-    "DELETE FROM outbox_leases WHERE owner = :owner AND (page_id, psid) IN "
-    "(SELECT * FROM unnest(CAST(:pages AS text[]), CAST(:psids AS text[])))"
-)
+_RELEASE = text(f"DELETE FROM outbox_leases WHERE {_OURS}")
 _RELEASE_ALL = text("DELETE FROM outbox_leases WHERE owner = :owner")
 #: Pending rows whose conversation nobody holds: at start all of them (unknown and refused
 #: pages' rows are then held, as on one instance), on sweeps those of healthy pages only.
@@ -300,7 +304,8 @@ class Sender:
         self._leased: dict[Key, float] = {}
         self._lease_lock = asyncio.Lock()  # acquire, renew and release never interleave
         self._contended: set[Key] = set()
-        self._release_keys: set[Key] = set()
+        self._loading_keys: set[Key] = set()  # leased, rows being loaded
+        self._lease_wake = asyncio.Event()  # a conversation went idle: give its lease back
         self._sweep = False
 
     # ------------------------------------------------------------------------- lifecycle
@@ -376,6 +381,19 @@ class Sender:
         if self._loop is None:
             raise RuntimeError("the sender is not started")
         self._loop.call_soon_threadsafe(self.notify, page_id, psid)
+
+    def forget(self, page_id: str, psid: str) -> None:
+        """Drop the loaded, unsent rows of a person whose data was erased (the row being
+        sent, if any, still goes out)."""
+        key = (page_id, psid)
+        self._notified.discard(key)
+        self._contended.discard(key)
+        for keys in self._held.values():
+            keys.discard(key)
+        conversation = self._conversations.get(key)
+        if conversation is not None:
+            while len(conversation.rows) > 1:  # rows[0] may be mid-send; `_run` pops it
+                conversation.rows.pop()
 
     def queue_depth(self) -> int:
         """Rows waiting in memory to be sent (not counting held pages' rows)."""
@@ -467,27 +485,30 @@ class Sender:
         """Shared mode: the pending rows of the conversations we hold (or now take) the
         lease of. At start (`resume`) and on sweeps, the rows nobody holds."""
         rows: list[Any] = []
-        if resume or sweep:
-            # At start, every row nobody holds (a restart need not wait for our old leases:
-            # `stop` gave them back; after a crash they expire). Sweeps skip fresh rows: their
-            # instance is about to be notified of them.
-            grace = 0.0 if resume else self.lease_seconds
-            found = await self._db(self._load_orphans, grace)
-            rows = await self._keep_granted(found, {(r.page_id, r.psid) for r in found})
-        if keys:
-            granted = await self._acquire(keys)
-            denied = keys - granted
-            if denied:
-                self._contended |= denied
-                assert self._loop is not None
-                self._loop.call_later(CONTENDED_RETRY, self._retry_contended)
-            if granted:
-                rows += await self._db(self._load, granted)
+        try:
+            if resume or sweep:
+                # At start, every row nobody holds (`stop` gave our old leases back; after
+                # a crash they expire). Sweeps skip fresh rows: their instance is about to
+                # be notified of them.
+                grace = 0.0 if resume else self.lease_seconds
+                found = await self._db(self._load_orphans, grace)
+                granted = await self._acquire({(r.page_id, r.psid) for r in found})
+                rows = [r for r in found if (r.page_id, r.psid) in granted]
+            if keys:
+                granted = await self._acquire(keys)
+                denied = keys - granted
+                if denied:
+                    self._contended |= denied
+                    assert self._loop is not None
+                    self._loop.call_later(CONTENDED_RETRY, self._retry_contended)
+                if granted:
+                    rows += await self._db(self._load, granted)
+        finally:
+            # Leases taken for nothing (the rows were sent meanwhile) go back at once; the
+            # others once their conversations are idle (rows are queued before any await).
+            self._loading_keys = set()
+            self._lease_wake.set()
         return rows
-
-    async def _keep_granted(self, rows: list[Any], keys: set[Key]) -> list[Any]:
-        granted = await self._acquire(keys) if keys else set()
-        return [r for r in rows if (r.page_id, r.psid) in granted]
 
     def _retry_contended(self) -> None:
         keys, self._contended = self._contended, set()
@@ -495,13 +516,16 @@ class Sender:
             self.notify(page_id, psid)
 
     async def _acquire(self, keys: set[Key]) -> set[Key]:
-        """Take (or renew) the leases of `keys`; returns the ones we now hold."""
+        """Take (or renew) the leases of `keys`; returns the ones we now hold (kept until
+        the loader has queued their rows)."""
+        if not keys:
+            return set()
         async with self._lease_lock:
             granted = await self._db(self._acquire_rows, sorted(keys))
             until = time.monotonic() + self.lease_seconds * 0.8
             for key in granted:
                 self._leased[key] = until
-            self._release_keys -= granted
+            self._loading_keys |= granted
             return granted
 
     def _acquire_rows(self, keys: list[Key]) -> set[Key]:
@@ -534,22 +558,18 @@ class Sender:
     async def _keep_leases(self) -> None:
         """Renew our leases, give back the idle ones, and sweep for orphaned rows."""
         period = max(0.1, self.lease_seconds / 3)
-        last_sweep = time.monotonic()
+        last_sweep = last_renewal = time.monotonic()
         while True:
-            await asyncio.sleep(min(period, 0.05) if self._release_keys else period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_wake.wait(), period)
+            self._lease_wake.clear()
+            await asyncio.sleep(0.02)  # let a burst of idle conversations gather
             try:
                 async with self._lease_lock:
                     await self._release_idle()
-                    if self._leased:
-                        held = await self._db(self._renew_rows)
-                        until = time.monotonic() + self.lease_seconds * 0.8
-                        for key in list(self._leased):
-                            if key in held:
-                                self._leased[key] = until
-                            else:
-                                # Taken over (we were stalled past the expiry): stop sending.
-                                del self._leased[key]
-                                log.warning("sender: lost the lease of %s/%s", *key)
+                    if self._leased and time.monotonic() - last_renewal >= period:
+                        last_renewal = time.monotonic()
+                        await self._renew()
             except Exception as e:  # the database is down: leases run out, sending pauses
                 log.error("sender: cannot renew the outbox leases (%r)", e)
             if time.monotonic() - last_sweep >= self.lease_seconds / 2:
@@ -557,19 +577,37 @@ class Sender:
                 self._sweep = True
                 self._wake_loader.set()
 
+    async def _renew(self) -> None:
+        keys = sorted(self._leased)
+        held = await self._db(self._renew_rows, keys)
+        until = time.monotonic() + self.lease_seconds * 0.8
+        for key in keys:
+            if key in held:
+                if key in self._leased:
+                    self._leased[key] = until
+            elif self._leased.pop(key, None) is not None:
+                # Taken over (we were stalled past the expiry): `_run` stops sending it.
+                log.warning("sender: lost the lease of %s/%s", *key)
+
     async def _release_idle(self) -> None:
-        keys = [k for k in self._release_keys if k not in self._conversations]
-        self._release_keys.clear()
+        """Give back the leases of conversations with nothing left to send here."""
+        busy = self._conversations.keys() | self._loading_keys
+        keys = sorted(k for k in self._leased if k not in busy)
         if not keys:
             return
         for key in keys:
-            self._leased.pop(key, None)
+            del self._leased[key]
         await self._db(self._release_rows, keys)
 
-    def _renew_rows(self) -> set[Key]:
+    def _renew_rows(self, keys: list[Key]) -> set[Key]:
+        params = {
+            "owner": self.owner,
+            "ttl": self.lease_seconds,
+            "pages": [k[0] for k in keys],
+            "psids": [k[1] for k in keys],
+        }
         with self.engine.begin() as conn:
-            rows = conn.execute(_RENEW, {"owner": self.owner, "ttl": self.lease_seconds})
-            return {(r.page_id, r.psid) for r in rows}
+            return {(r.page_id, r.psid) for r in conn.execute(_RENEW, params)}
 
     def _release_rows(self, keys: list[Key]) -> None:
         params = {
@@ -634,7 +672,7 @@ class Sender:
             self._conversations.pop(key, None)
             self._idle_marks[key] = conversation.done_id
             if self.shared:
-                self._release_keys.add(key)
+                self._lease_wake.set()
                 if lost:
                     # Ask again: if nobody took the lease over, we carry on.
                     self._contended.add(key)

@@ -21,7 +21,7 @@ def pg_schema(prefix: str = "flowtest") -> Iterator[str]:
     points at it."""
     assert PG_URL is not None
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT")
+    admin = db.create_engine_for(PG_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))

@@ -317,18 +317,18 @@ def test_the_lead_generation_conversation_through_signed_webhooks(live: Live) ->
     ]
 
     # Every call: the pinned version, the token in the header (never in the URL), the proof.
+    # No User Profile API call: these flows never show `user.*` (see the next test).
     calls = live.graph.requests(endpoint=None, psid=psid)
-    assert [c["endpoint"] for c in calls] == [f"/{psid}"] + ["/me/messages"] * 6
+    assert [c["endpoint"] for c in calls] == ["/me/messages"] * 6
     for call in calls:
         assert call["version"] == "v25.0" and call["auth"] == "header"
         assert call["query"]["appsecret_proof"] == proof(TOKEN)
         assert "access_token" not in call["query"]
-    assert set(calls[0]["query"]["fields"].split(",")) >= {"first_name", "last_name"}
 
     # The durable outbox recorded each message as sent, with the id Meta answered.
     out = live.rows_when("message_log", settled, psid=psid, direction="outbound")
     assert [r.status for r in out] == ["sent"] * 6
-    assert [r.mid for r in out] == [c["response"]["message_id"] for c in calls[1:]]
+    assert [r.mid for r in out] == [c["response"]["message_id"] for c in calls]
     events = live.rows("webhook_events", psid=psid)
     assert [e.status for e in events] == ["done"] * 3  # done before its replies were sent
 
@@ -340,6 +340,10 @@ def test_get_started_and_the_profile_name(live: Live) -> None:
     assert live.post(wh.envelope(started, page_id=PAGE_ID)).status_code == 200
     hello, typing, question = live.graph.sent(psid, 3)
     assert hello == text_body(psid, "Hello Zoë!")
+    # The welcome shows `user.first_name`: the profile was fetched first, with its proof.
+    (profile,) = live.graph.requests(endpoint=f"/{psid}")
+    assert set(profile["query"]["fields"].split(",")) >= {"first_name", "last_name"}
+    assert profile["query"]["appsecret_proof"] == proof(TOKEN)
     assert typing == {"recipient": {"id": psid}, "sender_action": "typing_on"}
     assert question["message"]["text"] == "What brings you here today?"
     replies = question["message"]["quick_replies"]

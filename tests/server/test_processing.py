@@ -548,10 +548,10 @@ def test_postbacks_referrals_and_quick_replies_reach_the_flows(
     assert ("u6", "reaction", "ignored") in kinds
 
 
-def test_profiles_are_fetched_on_first_contact_once_and_kept(
+def test_profiles_can_be_fetched_on_first_contact_once_and_kept(
     start_bot: Callable[..., Bot], database_url: str
 ) -> None:
-    bot = start_bot(database_url)
+    bot = start_bot(database_url, profiles_when_read=False)
     bot.say("u1", "hello", "hello")
     bot.say("u2", "hello", "hello")  # Meta has no profile for u2
     bot.post(envelope(item("u3", referral={"ref": "summer", "source": "SHORTLINK"})))
@@ -566,17 +566,17 @@ def test_profiles_are_fetched_on_first_contact_once_and_kept(
     (contact,) = rows(database_url, "contacts")
     assert (contact.psid, contact.first_name, contact.last_name) == ("u1", "Ada", "Lovelace")
     bot.stop()
-    again = start_bot(database_url)  # a new process reads the contacts table
+    again = start_bot(database_url, profiles_when_read=False)  # reads the contacts table
     again.say("u1", "hello")
     again.drain()
     assert len(again.graph.profile_calls()) == 3
     assert again.graph.texts("u1")[-1] == "Hi Ada!"
 
 
-def test_profiles_when_read_are_fetched_only_for_turns_that_show_them(
+def test_profiles_are_fetched_only_for_turns_that_show_them_by_default(
     start_bot: Callable[..., Bot], database_url: str
 ) -> None:
-    bot = start_bot(database_url, profiles_when_read=True)
+    bot = start_bot(database_url)
     # A turn that shows nothing of the profile does not fetch it (a static text) …
     bot.post(envelope(item("u3", referral={"ref": "summer", "source": "SHORTLINK"})))
     bot.drain()
