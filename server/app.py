@@ -41,6 +41,7 @@ from server.inbox import Inbox, IngressWriter
 from server.metrics import CONTENT_TYPE, Metrics
 from server.pages import PageError, PageRegistry
 from server.processor import Processor
+from server.ratelimit import PageRateLimiter
 from server.sender import Sender
 from server.settings import Settings
 from server.webhook import WebhookEndpoint
@@ -89,6 +90,7 @@ class Server:
         shutdown_grace: float,
         sender_options: dict[str, Any],
         dispatcher_options: dict[str, Any],
+        processor_options: dict[str, Any],
         freeze_gc: bool,
         profiles_when_read: bool,
     ) -> None:
@@ -103,6 +105,7 @@ class Server:
         self._shutdown_grace = shutdown_grace
         self._sender_options = sender_options
         self._dispatcher_options = dispatcher_options
+        self._processor_options = processor_options
         self._freeze_gc = freeze_gc
         self._profiles_when_read = profiles_when_read
         self.engine: Engine | None = None
@@ -171,8 +174,11 @@ class Server:
             self.graph,
             pages,
             on_result=lambda r: metrics.send_outcome(r.outcome, r.error_code),
-            lease_seconds=settings.outbox_lease_seconds,
-            **self._sender_options,
+            **{
+                "lease_seconds": settings.outbox_lease_seconds,
+                "limiter": PageRateLimiter(settings.page_send_rate),
+                **self._sender_options,
+            },
         )
         try:
             await sender.start()
@@ -187,6 +193,7 @@ class Server:
             notify=sender.notify,
             app_id=settings.app_id,
             profiles_when_read=self._profiles_when_read,
+            **self._processor_options,
         )
         processor.start()
         dispatcher = self.dispatcher = Dispatcher(
@@ -433,6 +440,7 @@ def create_app(
     shutdown_grace: float = 5.0,
     sender_options: dict[str, Any] | None = None,
     dispatcher_options: dict[str, Any] | None = None,
+    processor_options: dict[str, Any] | None = None,
     freeze_gc: bool = True,
     profiles_when_read: bool = True,
 ) -> Starlette:
@@ -440,9 +448,10 @@ def create_app(
     `program`, when given, is their already compiled program (else the lifespan compiles
     them). `transport` replaces the Graph API's HTTP transport (tests, the emulator);
     `watch` reloads the flows when their files change; `sender_options` go to `Sender`,
-    `dispatcher_options` to `Dispatcher` (max_attempts, backoff, …). `freeze_gc` moves
-    what start-up built out of the garbage collector's sight (see `_freeze_heap`); leave it
-    on in a server process, turn it off where many apps come and go (tests).
+    `dispatcher_options` to `Dispatcher` (max_attempts, backoff, …), `processor_options` to
+    `Processor`. `freeze_gc` moves what start-up built out of the garbage collector's sight
+    (see `_freeze_heap`); leave it on in a server process, turn it off where many apps come
+    and go (tests).
     `profiles_when_read` (the default) fetches a user's profile before the first turn that
     reads `user.*`, not before their first event: flows that never show the profile cost no
     User Profile API calls (they count against the page's rate limit) and answer sooner
@@ -458,6 +467,7 @@ def create_app(
         shutdown_grace=shutdown_grace,
         sender_options=sender_options or {},
         dispatcher_options=dispatcher_options or {},
+        processor_options=processor_options or {},
         freeze_gc=freeze_gc,
         profiles_when_read=profiles_when_read,
     )

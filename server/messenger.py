@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,6 +65,8 @@ EVENT_KINDS: tuple[str, ...] = (
 
 # Dedupe keys are stored in a String(255) column; longer natural keys are hashed.
 _MAX_KEY = 200
+#: Page and user ids are stored in String(64) columns.
+MAX_ID_LENGTH = 64
 
 
 class MalformedPayload(ValueError):
@@ -92,18 +96,62 @@ class WebhookEvent:
 def parse_body(raw: bytes) -> list[WebhookEvent]:
     """Parse a webhook body into its events, in the order they appear.
 
-    Raises `MalformedPayload` when the body is not JSON, not an object with
-    `"object": "page"` and a list `entry`, or holds entries or items that are not objects."""
+    Raises `MalformedPayload` when the body is not UTF-8 JSON, not an object with
+    `"object": "page"` and a list `entry`, holds entries or items that are not objects, or
+    holds what the inbox could not store (see `_check_storable`)."""
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        # Strict UTF-8 first: json.loads(bytes) would also take UTF-16/32 and decode UTF-8
+        # with "surrogatepass", letting through text that can be neither stored nor sent.
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_float)
+    except RecursionError:
+        raise MalformedPayload("the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise MalformedPayload(f"the body is not JSON: {e}") from None
+    _check_storable(body, raw)
     return split_events(body)
 
 
 def _no_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; JSON (and PostgreSQL) do not.
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: Python reads infinity, which JSON cannot store
+        raise ValueError("a number is too large")
+    return value
+
+
+#: Deeper than any payload Meta sends (about eight levels), far below Python's recursion limit
+#: (the payload is serialized again to be stored and hashed).
+MAX_DEPTH = 64
+#: A lone surrogate (`"\\ud800"` is valid JSON but not text) or NUL (PostgreSQL text cannot
+#: hold it): neither database could store the event, nor the conversation its text joins.
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def _check_storable(body: Any, raw: bytes) -> None:
+    """Refuse a parsed body nested deeper than MAX_DEPTH or with text no database can store
+    (`_UNSTORABLE`). Both need many brackets or an escape (`\\ud…`, `\\u0000`) in the raw
+    bytes, so most bodies skip the walk."""
+    deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+    if not deep and b"\\ud" not in raw and b"\\uD" not in raw and b"\\u0000" not in raw:
+        return
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                raise MalformedPayload("the body has a NUL or a lone surrogate in a text")
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise MalformedPayload(f"the body is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                stack.extend((key, depth) for key in value)
+                stack.extend((inner, depth + 1) for inner in value.values())
+            else:
+                stack.extend((inner, depth + 1) for inner in value)
 
 
 def split_events(body: Any) -> list[WebhookEvent]:
@@ -166,6 +214,10 @@ def _event(item: dict[str, Any], entry_page: str | None, *, standby: bool) -> We
     else:
         page_id = entry_page or _party(item, "recipient")
         psid = _party(item, "sender")
+    for value in (page_id, psid):
+        # Meta's ids are digits; a longer one would fail the insert at every redelivery.
+        if value is not None and len(value) > MAX_ID_LENGTH:
+            raise MalformedPayload(f"a page or user id is longer than {MAX_ID_LENGTH} characters")
     return WebhookEvent(
         page_id=page_id or "",
         psid=psid,

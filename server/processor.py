@@ -376,7 +376,9 @@ class Processor:
       `ProfileProbe`) instead of before their first event. Fewer Graph calls (they count
       against the page's rate limit) and a faster first answer when the flows never show the
       profile. The server turns it on (`create_app`); off, the profile is fetched before a
-      user's first event."""
+      user's first event.
+    - `gate`: take the conversation lock and check the order across instances (see
+      `_gate`); default on PostgreSQL. Off only to measure what it costs (bench/scale.py)."""
 
     def __init__(
         self,
@@ -391,6 +393,7 @@ class Processor:
         threads: int = 4,
         writers: int | None = None,
         profiles_when_read: bool = False,
+        gate: bool | None = None,
     ) -> None:
         self.engine = engine
         self.inbox = Inbox(engine)
@@ -406,7 +409,7 @@ class Processor:
         self.app_id = app_id
         self.profiles_when_read = profiles_when_read
         # Other instances may share the database (PostgreSQL): see `_gate`.
-        self._shared = engine.dialect.name != "sqlite"
+        self._shared = engine.dialect.name != "sqlite" if gate is None else gate
         # Reads (pages, contacts) and receipts; the event transactions go to `_commit`.
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="flow-process")
         self._commit = GroupCommit(engine, lock=self._lock, threads=writers)

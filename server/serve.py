@@ -83,7 +83,9 @@ def serve_command(
     Settings come from FLOW_* environment variables: FLOW_APP_SECRET, FLOW_VERIFY_TOKEN,
     FLOW_SECRET_KEY (required); FLOW_PAGE_ID and FLOW_PAGE_TOKEN (one page; add more with
     `flowc page add`), FLOW_DATABASE_URL, FLOW_GRAPH_API_URL, FLOW_ADMIN_TOKEN (enables
-    POST /admin/reload), FLOW_APP_ID, FLOW_MAX_BODY_BYTES.
+    POST /admin/reload), FLOW_APP_ID, FLOW_MAX_BODY_BYTES; for several instances on one
+    PostgreSQL database (docs/deploy.md): FLOW_RECLAIM_AFTER, FLOW_OUTBOX_LEASE_SECONDS,
+    FLOW_PAGE_SEND_RATE.
 
     \b
     Endpoints: /webhook (point your Meta app here), /healthz, /readyz, /metrics,

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.db import DEFAULT_DATABASE_URL
+from server.ratelimit import DEFAULT_RATE
 
 #: Meta's current versioned Graph API (reference §12: v25.0 is used by every 2026 example).
 DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v25.0"
@@ -21,6 +22,7 @@ DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v25.0"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_RECLAIM_AFTER = 30.0
 DEFAULT_OUTBOX_LEASE_SECONDS = 30.0
+DEFAULT_PAGE_SEND_RATE = DEFAULT_RATE
 
 # What to say about a variable that is missing or wrong (the first line of the fix).
 _HELP = {
@@ -36,6 +38,7 @@ _HELP = {
     "app_id": "your Meta app's numeric id",
     "reclaim_after": "a number of seconds, e.g. 30",
     "outbox_lease_seconds": "a number of seconds, e.g. 30",
+    "page_send_rate": "Send API calls per second per page, e.g. 125",
 }
 
 
@@ -67,6 +70,9 @@ class Settings(BaseSettings):
     #: How long an instance owns a conversation's outbound messages without renewing; a
     #: crashed instance's conversations are sent by another after this.
     outbox_lease_seconds: float = Field(default=DEFAULT_OUTBOX_LEASE_SECONDS, gt=0)
+    #: Send API calls per second per page from this instance. Meta allows 300 per page in
+    #: all: with N instances, set about 250 / N.
+    page_send_rate: float = Field(default=DEFAULT_PAGE_SEND_RATE, gt=0)
 
     @field_validator("app_secret", "verify_token", "secret_key", "page_token", "admin_token")
     @classmethod
