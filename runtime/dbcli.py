@@ -16,7 +16,8 @@ from sqlalchemy import Engine, exc
 from runtime import db
 from runtime.cleanup import DEFAULT_BATCH, CleanupReport, cleanup, parse_duration
 
-_URL_OPTION = click.option(
+#: --database-url, for every command that opens the database.
+DATABASE_URL_OPTION = click.option(
     "--database-url",
     envvar="FLOW_DATABASE_URL",
     default=db.DEFAULT_DATABASE_URL,
@@ -24,20 +25,25 @@ _URL_OPTION = click.option(
     help="SQLite file (sqlite:///path or just a path) or PostgreSQL URL "
     "(postgresql://user:pass@host/db). Default from FLOW_DATABASE_URL.",
 )
+_NO_TABLES_HINT = (
+    "check --database-url / FLOW_DATABASE_URL (or create them with `flowc db upgrade`)"
+)
 
 
 @contextmanager
-def open_engine(database_url: str) -> Iterator[Engine]:
-    """An engine on the database at `database_url`, which must be at the newest schema.
-    Any database problem (unreachable, never migrated, an old schema, a failing statement)
-    becomes a `click.ClickException` with one line that says what to do."""
+def open_engine(
+    database_url: str, *, migrate: bool = False, hint: str = _NO_TABLES_HINT
+) -> Iterator[Engine]:
+    """An engine on the database at `database_url` at the newest schema (created or upgraded
+    first when `migrate`). Any database problem (unreachable, never migrated — `hint` says
+    what to do then —, an old schema, a failing statement) becomes a `click.ClickException`
+    with one line that says what to do."""
     where = db.display_url(database_url)
     try:
-        if db.current_revision(database_url) is None:  # (does not create a SQLite file)
-            raise click.ClickException(
-                f"{where} has no Flowlang tables: check --database-url / FLOW_DATABASE_URL "
-                "(or create them with `flowc db upgrade`)"
-            )
+        if migrate:
+            db.upgrade(database_url)
+        elif db.current_revision(database_url) is None:  # (does not create a SQLite file)
+            raise click.ClickException(f"{where} has no Flowlang tables yet: {hint}")
         engine = db.create_engine_for(database_url)
     except db.DbError as e:
         raise click.ClickException(str(e)) from None
@@ -75,7 +81,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@_URL_OPTION
+@DATABASE_URL_OPTION
 def upgrade_command(database_url: str) -> None:
     """Create the tables, or migrate them to this Flowlang's newest schema."""
     where = db.display_url(database_url)
@@ -92,7 +98,7 @@ def upgrade_command(database_url: str) -> None:
 
 
 @db_group.command("current")
-@_URL_OPTION
+@DATABASE_URL_OPTION
 def current_command(database_url: str) -> None:
     """Show the database's schema revision and whether it needs `flowc db upgrade`."""
     where = db.display_url(database_url)
@@ -167,7 +173,7 @@ def render_cleanup(report: CleanupReport, where: str) -> str:
     show_default=True,
     help="Rows deleted per statement; each batch is a short transaction of its own.",
 )
-@_URL_OPTION
+@DATABASE_URL_OPTION
 def cleanup_command(
     older_than: timedelta, dry_run: bool, idle_users: bool, batch_size: int, database_url: str
 ) -> None:

@@ -1,24 +1,14 @@
 """`flowc user`: what the bot stores about one person, and erasing it (`flowc user forget`).
 
 The same erasure is available over HTTP on a running server (`DELETE /admin/users/…`, see
-server/admin_users.py), which also drops what the server holds in memory about the person."""
+server/admin.py), which also drops what the server holds in memory about the person."""
 
 from __future__ import annotations
 
 import click
 
-from runtime import db
-from runtime.dbcli import open_engine
+from runtime.dbcli import DATABASE_URL_OPTION, open_engine
 from runtime.forget import ForgetReport, forget_user, user_data
-
-_URL_OPTION = click.option(
-    "--database-url",
-    envvar="FLOW_DATABASE_URL",
-    default=db.DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="The server's database: a SQLite path or a PostgreSQL URL. Default from "
-    "FLOW_DATABASE_URL.",
-)
 
 #: How `flowc user forget` names each table's rows, in the order it lists them.
 _WHAT = {
@@ -47,7 +37,7 @@ def user_group() -> None:
 @click.option("--page-id", required=True, help="The numeric id of the Facebook Page.")
 @click.option("--psid", required=True, help="The person's page-scoped id (PSID) on that page.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_URL_OPTION
+@DATABASE_URL_OPTION
 def forget_command(page_id: str, psid: str, yes: bool, database_url: str) -> None:
     """Erase everything stored about one person of a page.
 

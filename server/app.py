@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import httpx
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from flowlang.compiler import CompileResult
@@ -33,7 +32,7 @@ from flowlang.render import render
 from runtime import db
 from runtime.program import ProgramView
 from runtime.store import SqlStore
-from server.admin_users import forget_user_endpoint
+from server.admin import admin_reload, forget_user_endpoint
 from server.crypto import CryptoError, TokenCipher
 from server.dispatcher import DEFAULT_CONCURRENCY, Dispatcher
 from server.graph import GraphClient, create_http_client
@@ -387,45 +386,6 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus exposition."""
     return Response(_server(request).metrics.render(), media_type=CONTENT_TYPE)
-
-
-def _bearer_ok(request: Request, expected: str) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8"))
-
-
-async def admin_reload(request: Request) -> Response:
-    """Recompile FLOWS and deploy them; 400 with the diagnostics when they do not compile."""
-    server = _server(request)
-    token = server.settings.admin_token
-    if token is None:
-        return JSONResponse(
-            {"error": "admin endpoints are off: set FLOW_ADMIN_TOKEN to use them"},
-            status_code=403,
-        )
-    if not _bearer_ok(request, token.get_secret_value()):
-        return JSONResponse(
-            {"error": "missing or wrong token"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if server.store is None:
-        return JSONResponse({"error": "the server is starting"}, status_code=503)
-    outcome = await server.reload()
-    if not outcome.ok:
-        return JSONResponse(
-            {
-                "error": "the flows do not compile; the running versions stay",
-                "diagnostics": outcome.diagnostics,
-            },
-            status_code=400,
-        )
-    return JSONResponse(
-        {"deployed": outcome.deployed, "flows": outcome.flows, "diagnostics": outcome.diagnostics}
-    )
 
 
 def create_app(

@@ -127,17 +127,9 @@ def _insert_sql(dialect: str, rows: int) -> str:
     )
 
 
+_STORED = (_C.id, _C.page_id, _C.psid, _C.kind, _C.event_key, _C.payload, _C.received_at)
 _PENDING = (
-    select(
-        _C.id,
-        _C.page_id,
-        _C.psid,
-        _C.kind,
-        _C.event_key,
-        _C.payload,
-        _C.received_at,
-        _C.attempts,
-    )
+    select(*_STORED, _C.attempts)
     .where(_C.status == "pending", _C.id > bindparam("after"))
     .order_by(_C.id)
     .limit(bindparam("limit"))
@@ -159,16 +151,7 @@ _ATTEMPT = (
     .values(attempts=bindparam("new_attempts"), error=bindparam("new_error", type_=_C.error.type))
 )
 _STALE = (
-    select(
-        _C.id,
-        _C.page_id,
-        _C.psid,
-        _C.kind,
-        _C.event_key,
-        _C.payload,
-        _C.received_at,
-        _C.attempts,
-    )
+    select(*_STORED, _C.attempts)
     .where(_C.status == "pending", _C.received_at < bindparam("before", type_=_C.received_at.type))
     .order_by(_C.id)
     .limit(bindparam("limit"))

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import click
 
 from runtime.cleanup import parse_duration
+from runtime.dbcli import DATABASE_URL_OPTION
 from server.monitor import (
     DEFAULT_LIMIT,
     FlowReport,
@@ -22,7 +23,7 @@ from server.monitor import (
     error_meaning,
     gather,
 )
-from server.opskit import DATABASE_URL_OPTION, database_engine
+from server.opskit import database_engine
 
 _HEALTH = {
     "ok": "ok",

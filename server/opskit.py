@@ -8,17 +8,18 @@ call) and FLOW_GRAPH_API_URL (default: Meta's versioned Graph API, as for the se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
 import httpx
-from sqlalchemy import Engine, exc
+from sqlalchemy import Engine
 
 from runtime import db
+from runtime.dbcli import open_engine
 from server.crypto import CryptoError, TokenCipher
 from server.graph import GraphClient, GraphError, create_http_client
 from server.pages import PageRegistry
@@ -43,14 +44,6 @@ WEBHOOK_FIELDS: tuple[str, ...] = (
     "messaging_policy_enforcement",  # Meta's warnings and blocks: logged as errors
 )
 
-DATABASE_URL_OPTION = click.option(
-    "--database-url",
-    envvar="FLOW_DATABASE_URL",
-    default=db.DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="The server's database: a SQLite path or a PostgreSQL URL. Default from "
-    "FLOW_DATABASE_URL.",
-)
 PAGE_ID_OPTION = click.option(
     "--page-id", required=True, help="The numeric id of the Facebook Page."
 )
@@ -95,34 +88,15 @@ def graph_options(command: _F) -> _F:
 # ----------------------------------------------------------------------------- database
 
 
-@contextmanager
-def database_engine(database_url: str, *, migrate: bool) -> Iterator[Engine]:
+def database_engine(database_url: str, *, migrate: bool) -> AbstractContextManager[Engine]:
     """An engine on a database at the newest schema (created when `migrate`), with every
     database problem turned into one line for the person at the terminal."""
-    try:
-        if migrate:
-            db.upgrade(database_url)
-        elif db.current_revision(database_url) is None:  # (does not create a SQLite file)
-            raise click.ClickException(
-                f"{db.display_url(database_url)} has no Flowlang tables yet: add a page with "
-                "`flowc page add` or `flowc page setup`, or check --database-url / "
-                "FLOW_DATABASE_URL"
-            )
-        engine = db.create_engine_for(database_url)
-    except db.DbError as e:
-        raise click.ClickException(str(e)) from None
-    try:
-        db.require_head(engine)
-        yield engine
-    except db.DbError as e:
-        raise click.ClickException(str(e)) from None
-    except exc.SQLAlchemyError as e:
-        detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise click.ClickException(
-            f"database error at {db.display_url(database_url)}: {detail}"
-        ) from None
-    finally:
-        engine.dispose()
+    return open_engine(
+        database_url,
+        migrate=migrate,
+        hint="add a page with `flowc page add` or `flowc page setup`, or check "
+        "--database-url / FLOW_DATABASE_URL",
+    )
 
 
 def token_cipher(secret_key: str | None) -> TokenCipher:

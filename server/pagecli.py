@@ -14,9 +14,9 @@ import click
 
 from flowlang.load import compile_paths, find_flow_files
 from flowlang.render import render
+from runtime.dbcli import DATABASE_URL_OPTION
 from server import profile_sync
 from server.opskit import (
-    DATABASE_URL_OPTION,
     PAGE_ID_OPTION,
     SECRET_KEY_OPTION,
     WEBHOOK_FIELDS,

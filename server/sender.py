@@ -529,12 +529,7 @@ class Sender:
             return granted
 
     def _acquire_rows(self, keys: list[Key]) -> set[Key]:
-        params = {
-            "owner": self.owner,
-            "ttl": self.lease_seconds,
-            "pages": [k[0] for k in keys],
-            "psids": [k[1] for k in keys],
-        }
+        params = {"owner": self.owner, "ttl": self.lease_seconds, **_keys(keys)}
         with self.engine.begin() as conn:
             return {(r.page_id, r.psid) for r in conn.execute(_ACQUIRE, params)}
 
@@ -600,21 +595,12 @@ class Sender:
         await self._db(self._release_rows, keys)
 
     def _renew_rows(self, keys: list[Key]) -> set[Key]:
-        params = {
-            "owner": self.owner,
-            "ttl": self.lease_seconds,
-            "pages": [k[0] for k in keys],
-            "psids": [k[1] for k in keys],
-        }
+        params = {"owner": self.owner, "ttl": self.lease_seconds, **_keys(keys)}
         with self.engine.begin() as conn:
             return {(r.page_id, r.psid) for r in conn.execute(_RENEW, params)}
 
     def _release_rows(self, keys: list[Key]) -> None:
-        params = {
-            "owner": self.owner,
-            "pages": [k[0] for k in keys],
-            "psids": [k[1] for k in keys],
-        }
+        params = {"owner": self.owner, **_keys(keys)}
         with self.engine.begin() as conn:
             conn.execute(_RELEASE, params)
 
@@ -955,6 +941,11 @@ class Sender:
                     log.warning("sender: message id of row %d is logged already", values["row_id"])
                     with self.engine.begin() as conn:
                         conn.execute(_RECORD, {**values, "new_mid": None})
+
+
+def _keys(keys: list[Key]) -> dict[str, list[str]]:
+    """Conversation keys as the two arrays the lease statements unnest."""
+    return {"pages": [k[0] for k in keys], "psids": [k[1] for k in keys]}
 
 
 def _seconds(body: dict[str, Any]) -> float:

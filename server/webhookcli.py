@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import click
 import httpx
 
+from runtime.dbcli import DATABASE_URL_OPTION
 from server.graph import message_body
 from server.opskit import (
-    DATABASE_URL_OPTION,
     PAGE_ID_OPTION,
     SECRET_KEY_OPTION,
     WEBHOOK_FIELDS,

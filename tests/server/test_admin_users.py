@@ -1,4 +1,4 @@
-"""`DELETE /admin/users/{page_id}/{psid}` (server/admin_users.py): the admin token, the
+"""`DELETE /admin/users/{page_id}/{psid}` (server/admin.py): the admin token, the
 erasure on SQLite and PostgreSQL, and what the running server holds in memory."""
 
 from __future__ import annotations

@@ -1,11 +1,16 @@
-"""`DELETE /admin/users/{page_id}/{psid}`: erase everything stored about one person.
+"""The admin endpoints: `POST /admin/reload` and `DELETE /admin/users/{page_id}/{psid}`.
 
-Authenticated like `POST /admin/reload` (`Authorization: Bearer FLOW_ADMIN_TOKEN`; 403 while
-no admin token is configured, 401 with a missing or wrong one). The erasure is
+Both need `Authorization: Bearer FLOW_ADMIN_TOKEN` (403 while no admin token is configured,
+401 with a missing or wrong one, compared in constant time).
+
+`POST /admin/reload` recompiles FLOWS and deploys the new versions (400 with the diagnostics,
+and the running versions kept, when they do not compile).
+
+`DELETE /admin/users/{page_id}/{psid}` erases everything stored about one person. The erasure is
 `runtime.forget.forget_user` (one transaction, in a worker thread: SQLAlchemy is
 synchronous), then what the server holds in memory about the person is dropped: the
 processor's cached profile and the messages the sender has already loaded, through
-`Processor.forget(page_id, psid)` and `Sender.forget(page_id, psid)` when they exist.
+`Processor.forget(page_id, psid)` and `Sender.forget(page_id, psid)`.
 
 Answers: 200 `{"page_id", "psid", "erased": {table: rows}}`; 404 with the same shape (all
 counts 0) when nothing was stored about the person: a wrong id is worth noticing, and the
@@ -15,7 +20,9 @@ when the database fails (then nothing was erased: the erasure is one transaction
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, exc
 from starlette.requests import Request
@@ -24,15 +31,26 @@ from starlette.responses import JSONResponse, Response
 from runtime.forget import ForgetReport, forget_user
 from server.inbox import write_lock
 
+if TYPE_CHECKING:
+    from server.app import Server
+
 log = logging.getLogger(__name__)
 
 
-def _refusal(request: Request) -> Response | None:
-    """The answer to a request without the admin token (as `admin_reload` gives it), or
-    None when it may go ahead."""
-    # server.app imports this module for its routes: imported here, not at the top.
-    from server.app import _bearer_ok, _server
+def _server(request: Request) -> Server:
+    return request.app.state.server
 
+
+def _bearer_ok(request: Request, expected: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8"))
+
+
+def _refusal(request: Request) -> Response | None:
+    """The answer to a request without the admin token, or None when it may go ahead."""
     token = _server(request).settings.admin_token
     if token is None:
         return JSONResponse(
@@ -59,8 +77,6 @@ async def forget_user_endpoint(request: Request) -> Response:
     refused = _refusal(request)
     if refused is not None:
         return refused
-    from server.app import _server
-
     server = _server(request)
     if server.engine is None or server.processor is None:
         return JSONResponse({"error": "the server is starting"}, status_code=503)
@@ -85,3 +101,25 @@ async def forget_user_endpoint(request: Request) -> Response:
     # The PSID stays out of the log: the log must not keep what was just erased.
     log.info("erased a user of page %s on request: %d rows", page_id, report.total)
     return JSONResponse(body)
+
+
+async def admin_reload(request: Request) -> Response:
+    """Recompile FLOWS and deploy them; 400 with the diagnostics when they do not compile."""
+    refused = _refusal(request)
+    if refused is not None:
+        return refused
+    server = _server(request)
+    if server.store is None:
+        return JSONResponse({"error": "the server is starting"}, status_code=503)
+    outcome = await server.reload()
+    if not outcome.ok:
+        return JSONResponse(
+            {
+                "error": "the flows do not compile; the running versions stay",
+                "diagnostics": outcome.diagnostics,
+            },
+            status_code=400,
+        )
+    return JSONResponse(
+        {"deployed": outcome.deployed, "flows": outcome.flows, "diagnostics": outcome.diagnostics}
+    )
