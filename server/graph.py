@@ -234,7 +234,13 @@ class GraphClient:
                 method, url, json=json, headers={"Authorization": f"Bearer {page_token}"}
             )
         except (httpx.TimeoutException, TimeoutError) as e:
-            raise GraphError(f"no answer in time ({type(e).__name__})", kind="transient") from None
+            # (The aiohttp transport reports a refused connection as a connect timeout too:
+            # its own text says which.)
+            detail = " ".join(str(e).split())
+            raise GraphError(
+                f"no answer in time ({type(e).__name__}{': ' + detail if detail else ''})",
+                kind="transient",
+            ) from None
         except (httpx.TransportError, OSError) as e:
             # OSError: a socket error the transport did not translate into an httpx error.
             raise GraphError(
