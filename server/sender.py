@@ -334,9 +334,13 @@ class Sender:
         for task in (loader, monitor, *extra, *workers):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(
-            *(t for t in (loader, monitor, *extra, *workers) if t), return_exceptions=True
-        )
+        tasks = {t for t in (loader, monitor, *extra, *workers) if t}
+        if tasks:
+            # Bounded: a task that swallowed its cancellation must not hang the shutdown.
+            done, _ = await asyncio.wait(tasks, timeout=timeout)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved, so asyncio does not report it at exit
         if writer is not None:
             # Let the writer drain what is queued, then end it.
             with contextlib.suppress(asyncio.TimeoutError):
@@ -555,8 +559,14 @@ class Sender:
         period = max(0.1, self.lease_seconds / 3)
         last_sweep = last_renewal = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_wake.wait(), period)
+            # Not `wait_for`: on Python 3.11 it can swallow a cancellation that arrives as the
+            # event is set (stop() cancels the conversations, which set it), and stop() would
+            # then wait for this task forever.
+            waiter = asyncio.ensure_future(self._lease_wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=period)
+            finally:
+                waiter.cancel()
             self._lease_wake.clear()
             await asyncio.sleep(0.02)  # let a burst of idle conversations gather
             try:
