@@ -25,6 +25,19 @@ from flowlang.source import SourceFile
 GRAMMAR_PATH = Path(__file__).resolve().parent.parent / "grammar" / "flow.lark"
 
 
+#: The deepest block nesting a file may use (flow, step and 30 levels of `if` inside it). Far
+#: more than any flow needs, and far from the recursion limits of the checks and the build.
+MAX_NESTING = 32
+
+
+class _TooDeep(Exception):
+    """A line opens a block deeper than MAX_NESTING (raised inside the postlexer)."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
 class _BadIndent(Exception):
     """A line dedents to a column that no open block uses (raised inside the postlexer)."""
 
@@ -49,6 +62,8 @@ class FlowIndenter(Indenter):
         yield token
         if indent > self.indent_level[-1]:
             self.indent_level.append(indent)
+            if len(self.indent_level) > MAX_NESTING + 1:
+                raise _TooDeep(token.end_pos)
             yield Token.new_borrow_pos(self.INDENT_type, indent_str, token)
             return
         while indent < self.indent_level[-1]:
@@ -99,7 +114,7 @@ def _parser() -> Lark:
 def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Module | None:
     """Parse and lower one file. On a syntax error, report it and return None."""
     text = source.text
-    if _report_tabs(source, sink):
+    if _report_tabs(source, sink) or _report_lone_cr(source, sink):
         return None
     if not text.endswith("\n"):
         text += "\n"
@@ -121,6 +136,16 @@ def parse(source: SourceFile, sink: DiagnosticSink) -> ast.Module | None:
             label="this indentation",
             help="indent this line exactly as much as the lines it belongs with (usually 2 more "
             "spaces than the line that opens its block)",
+        )
+    except _TooDeep as exc:
+        line = source.position(exc.offset).line
+        sink.report(
+            codes.UNEXPECTED_INDENT,
+            source.line_span(line),
+            what=f"the deepest nesting ({MAX_NESTING} blocks)",
+            label="nested too deeply",
+            help="move the inner lines into a step of their own and `goto` it, or use `elif` "
+            "instead of an `if` inside `else`",
         )
     except UnexpectedInput as exc:
         _report_syntax_error(source, exc, sink)
@@ -152,6 +177,27 @@ def _report_tabs(source: SourceFile, sink: DiagnosticSink) -> bool:
             )
             found = True
     return found
+
+
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _report_lone_cr(source: SourceFile, sink: DiagnosticSink) -> bool:
+    """A carriage return not followed by a line feed (old Mac line endings, or a stray one)
+    is a line break in an editor but not here: a comment would silently swallow every line
+    after it, so such a file is refused as a whole, at the first one."""
+    found = _LONE_CR.search(source.text)
+    if found is None:
+        return False
+    sink.report(
+        codes.BAD_CHARACTER,
+        source.span(found.start(), found.start() + 1),
+        message="this line ends with a lone carriage return (`\\r`), not a line feed",
+        label="here",
+        help="save the file with LF (Unix) or CRLF (Windows) line endings; most editors offer "
+        "it in the status bar or in 'Save as'",
+    )
+    return True
 
 
 # ------------------------------------------------------------------ syntax errors

@@ -65,4 +65,6 @@ class SourceFile:
         start = self.line_starts[line - 1]
         text = self.line_text(line)
         indent = len(text) - len(text.lstrip(" \t"))
-        return Span(self.name, start + indent, start + len(text.rstrip()))
+        # rstrip() also drops other blanks (U+2028, U+3000 …): a line of nothing else must not
+        # end before its indentation does.
+        return Span(self.name, start + indent, start + max(indent, len(text.rstrip())))

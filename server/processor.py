@@ -724,7 +724,8 @@ class Processor:
             return
         with self._lock:
             if kind == "delivery":
-                mids = [m for m in body.get("mids") or () if isinstance(m, str)]
+                listed = body.get("mids")
+                mids = [m for m in listed if isinstance(m, str)] if isinstance(listed, list) else []
                 self.store.mark_delivered(page_id, psid, watermark, mids)
             else:
                 self.store.mark_read(page_id, psid, watermark)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from jinja2 import TemplateSyntaxError, nodes
+from jinja2.parser import Parser
+
 from flowlang import ast, codes
 from flowlang.checks.program import (
     MESSAGE_ACTIONS,
@@ -16,6 +19,7 @@ from flowlang.checks.program import (
     walk,
 )
 from flowlang.checks.texts import (
+    ENV,
     blocks_of,
     broken_block,
     inner_span,
@@ -24,7 +28,7 @@ from flowlang.checks.texts import (
     parse_expression,
     parse_text,
 )
-from flowlang.diagnostics import DiagnosticSink
+from flowlang.diagnostics import DiagnosticSink, Severity
 from flowlang.ir import USER_FIELDS
 from flowlang.source import Span
 
@@ -34,6 +38,13 @@ GREETING_TOKENS = frozenset({"user_first_name", "user_last_name", "user_full_nam
 _USER_FIELD = re.compile(r"(?<![\w.])user\s*\.\s*([A-Za-z_]\w*)")
 _QUOTED = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'""")
 _GREETING_PART = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}|\{\{|\{%|\{#")
+#: What reading a private attribute needs somewhere in the source: `._x`, `['__x']`, `attr(`.
+_MAYBE_PRIVATE = re.compile(r"\._|\[\s*[\'\"]__|\battr\b")
+_PRIVATE_HELP = (
+    "a text can read variables, their fields (`user.first_name`) and filters; names that "
+    "start with `_` belong to Python: the sandbox refuses them when the text is sent, and "
+    "the person gets the error message instead"
+)
 
 
 def check_templates(program: Program, sink: DiagnosticSink) -> None:
@@ -99,6 +110,17 @@ class _Scope:
                 help="values are written `{{ name }}`; to show `{{` as it is, write `{{ '{{' }}`",
             )
             return
+        private = _private_attribute(text.value, expression=False)
+        if private is not None:
+            at = text.value.find(private)
+            self.sink.report(
+                codes.TEMPLATE_SYNTAX,
+                text.span if at < 0 else inner_span(text, at, at + len(private)),
+                message=f"`{private}` is private and cannot be read",
+                label="private",
+                help=_PRIVATE_HELP,
+                severity=Severity.WARNING,
+            )
         for name in sorted(parsed.reads - self.known):
             self.unknown(name, locate_in_text(text, name), name in parsed.guarded)
         if "user" in parsed.reads:
@@ -119,6 +141,21 @@ class _Scope:
                 "user.first_name`",
             )
             return
+        private = _private_attribute(expr.source, expression=True)
+        if private is not None:
+            at = expr.source.find(private)
+            self.sink.report(
+                codes.EXPRESSION_SYNTAX,
+                expr.span
+                if at < 0
+                else Span(
+                    expr.span.file, expr.span.start + at, expr.span.start + at + len(private)
+                ),
+                message=f"`{private}` is private and cannot be read",
+                label="private",
+                help=_PRIVATE_HELP,
+                severity=Severity.WARNING,
+            )
         for name in sorted(parsed.reads - self.known):
             self.unknown(name, locate_in_expression(expr, name), name in parsed.guarded)
         if "user" in parsed.reads:
@@ -175,6 +212,43 @@ class _Scope:
                 label="not a parameter",
                 help=fix,
             )
+
+
+def _private_attribute(source: str, *, expression: bool) -> str | None:
+    """The first attribute starting with `_` that a (valid) text or expression reads:
+    `x.__class__`, `x['__class__']`, `x|attr('__class__')`. The runtime's sandbox refuses them
+    (a fault); a warning here tells the author before a live conversation does."""
+    if _MAYBE_PRIVATE.search(source) is None:
+        return None
+    try:
+        tree: nodes.Node = (
+            Parser(ENV, source, state="variable").parse_expression()
+            if expression
+            else ENV.parse(source)
+        )
+    except (TemplateSyntaxError, RecursionError):
+        return None  # reported (or not) by the syntax checks
+    found: list[str] = []
+    for node in (tree, *tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter))):
+        if isinstance(node, nodes.Getattr):
+            name: object = node.attr
+        elif isinstance(node, nodes.Getitem):
+            name = node.arg.value if isinstance(node.arg, nodes.Const) else None
+            if not (isinstance(name, str) and name.startswith("__")):
+                continue
+        elif (
+            isinstance(node, nodes.Filter)
+            and node.name == "attr"
+            and node.args
+            and isinstance(node.args[0], nodes.Const)
+        ):
+            name = node.args[0].value
+        else:
+            continue
+        if isinstance(name, str) and name.startswith("_"):
+            found.append(name)
+    # The one written first (the tree lists the outermost, i.e. last, attribute first).
+    return min(found, key=source.find, default=None)
 
 
 def _user_fields(source: str) -> list[tuple[int, str]]:

@@ -51,6 +51,9 @@ def has_jinja(text: str) -> bool:
     return _JINJA_START.search(text) is not None
 
 
+_TOO_DEEP = "it is nested too deeply (brackets, `not`s or `{% if %}`s inside each other)"
+
+
 @functools.lru_cache(maxsize=65536)
 def parse_text(text: str) -> Parsed:
     """Parse a templated text; `reads` are its top-level undeclared names."""
@@ -61,14 +64,16 @@ def parse_text(text: str) -> Parsed:
         return Parsed(simple)
     try:
         tree = ENV.parse(text)
+        scan = _Scan(tree)
+        if scan.error:
+            return Parsed(frozenset(), scan.error)
+        # Only statements (`{% for %}`, `{% set %}`…) declare names, and only they need
+        # Jinja's own scoping rules, which cost far more than the scan.
+        reads = meta.find_undeclared_variables(tree) if "{%" in text else scan.loads
     except TemplateSyntaxError as exc:
         return Parsed(frozenset(), humanize(exc.message or str(exc)))
-    scan = _Scan(tree)
-    if scan.error:
-        return Parsed(frozenset(), scan.error)
-    # Only statements (`{% for %}`, `{% set %}`…) declare names, and only they need Jinja's
-    # own scoping rules, which cost far more than the scan.
-    reads = meta.find_undeclared_variables(tree) if "{%" in text else scan.loads
+    except RecursionError:  # Jinja's parser and visitors recurse once per level
+        return Parsed(frozenset(), _TOO_DEEP)
     return Parsed(frozenset(reads) - JINJA_NAMES, guarded=scan.guarded)
 
 
@@ -84,9 +89,11 @@ def parse_expression(source: str) -> Parsed:
         if not parser.stream.eos:
             token = parser.stream.current
             return Parsed(frozenset(), f"unexpected `{token.value}` after the expression")
+        scan = _Scan(expr)
     except TemplateSyntaxError as exc:
         return Parsed(frozenset(), humanize(exc.message or str(exc), "expression"))
-    scan = _Scan(expr)
+    except RecursionError:
+        return Parsed(frozenset(), _TOO_DEEP)
     if scan.error:
         return Parsed(frozenset(), scan.error)
     return Parsed(frozenset(scan.loads) - JINJA_NAMES, guarded=scan.guarded)
