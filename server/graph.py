@@ -24,35 +24,19 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import time
 import urllib.request
 from typing import Any, Literal
 
 import httpx
 
+from server import redact
+
 log = logging.getLogger(__name__)
 
 
-class _RedactProof(logging.Filter):
-    """httpx logs every request's URL at INFO, query included: hide the appsecret_proof (it
-    proves the token, so it is as secret as a token)."""
-
-    _PROOF = re.compile(r"(appsecret_proof=)[^&\s\"']+")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.args = tuple(
-                self._PROOF.sub(r"\1[redacted]", str(a)) if "appsecret_proof" in str(a) else a
-                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
-            )
-        if isinstance(record.msg, str) and "appsecret_proof" in record.msg:
-            record.msg = self._PROOF.sub(r"\1[redacted]", record.msg)
-        return True
-
-
-for _name in ("httpx", "httpcore", "httpx_aiohttp"):
-    logging.getLogger(_name).addFilter(_RedactProof())
+# httpx logs request URLs with the appsecret_proof in their query.
+redact.install()
 
 #: Meta's Graph API, pinned to the version the reference was checked against.
 DEFAULT_GRAPH_API_URL = "https://graph.facebook.com/v25.0"

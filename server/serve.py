@@ -95,6 +95,7 @@ def serve_command(
 
     from flowlang.render import render
     from runtime import db
+    from server import redact
     from server.app import StartupError, compile_flows, create_app
     from server.settings import SettingsError, load_settings
 
@@ -121,6 +122,7 @@ def serve_command(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()  # (--access-log would print the handshake's verify token)
     app = create_app(settings, flows=list(flows), program=result.program, watch=watch)
     click.echo(
         f"Serving {len(result.program.flows)} flows on http://{host}:{port} "

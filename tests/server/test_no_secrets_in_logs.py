@@ -44,6 +44,7 @@ from test_e2e import (
 )
 
 from flowlang.load import compile_paths
+from server import redact
 from server import webhook_sender as wh
 from server.app import create_app
 from server.emulator import Emulator, create_emulator
@@ -252,3 +253,21 @@ def test_flowc_serve_prints_no_secret_at_debug_level(tmp_path: Path) -> None:
     assert "DEBUG" in printed and "webhook refused" in printed  # it did log, at DEBUG
     found = [line for line in printed.splitlines() if leaks(line)]
     assert found == [], "\n".join(f"{leaks(line)}: {line[:300]}" for line in found)
+
+
+def test_uvicorn_access_log_lines_hide_the_verify_token(caplog: pytest.LogCaptureFixture) -> None:
+    """`flowc serve --access-log` logs each request line, query included: the handshake's
+    verify token is redacted, and the other arguments keep their types."""
+    redact.install()
+    logger = logging.getLogger("uvicorn.access")
+    query = "hub.mode=subscribe&hub.verify_token=s3cret-verify&hub.challenge=42"
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        logger.info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET", f"/webhook?{query}", "1.1", 200
+        )
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert "s3cret-verify" not in line
+    assert line.endswith(
+        '"GET /webhook?hub.mode=subscribe&hub.verify_token=[redacted]'
+        '&hub.challenge=42 HTTP/1.1" 200'
+    )
