@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dbkit
@@ -28,34 +27,6 @@ _keys = itertools.count(1)
 
 # The fixtures are registered under short names (`name=`), so that a test module can import
 # them without its parameters shadowing the imported functions.
-
-
-@pytest.fixture(scope="session", name="pg_hygiene_url")
-def pg_hygiene_url_fixture() -> Iterator[str]:
-    """One migrated PostgreSQL schema for the session; `database_url` empties it per test."""
-    if not dbkit.PG_URL:
-        pytest.skip("FLOW_TEST_DATABASE_URL is not set")
-    with dbkit.pg_schema("flowhyg") as url:
-        db.upgrade(url)
-        yield url
-
-
-@pytest.fixture(params=BACKENDS, name="database_url")
-def database_url_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database on each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'hygiene.db'}"
-        db.upgrade(url)
-        return url
-    url = request.getfixturevalue("pg_hygiene_url")
-    engine = db.create_engine_for(url)
-    try:
-        with engine.begin() as conn:
-            for table in reversed(tables.metadata.sorted_tables):
-                conn.execute(table.delete())
-    finally:
-        engine.dispose()
-    return url
 
 
 @pytest.fixture(name="engine")

@@ -13,9 +13,7 @@ from hygiene_kit import (  # noqa: F401 (the *_fixture: fixtures)
     OLD,
     RECENT,
     add,
-    database_url_fixture,
     engine_fixture,
-    pg_hygiene_url_fixture,
     rows,
     snapshot_all,
 )

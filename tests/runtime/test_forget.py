@@ -8,9 +8,7 @@ from click.testing import CliRunner, Result
 from hygiene_kit import (  # noqa: F401 (the *_fixture: fixtures)
     add,
     add_user,
-    database_url_fixture,
     engine_fixture,
-    pg_hygiene_url_fixture,
     rows,
     snapshot_all,
 )

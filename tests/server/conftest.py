@@ -9,47 +9,17 @@ from typing import Any
 import pytest
 from outbox_kit import pg_migrated
 from server_kit import (
-    BACKENDS,
     BOT_FLOW,
     PG_URL,
     Bot,
     FakeGraph,
     RunningApp,
     make_settings,
-    pg_schema,
 )
 
-from runtime import db, tables
+from runtime import db
 from server.app import create_app
 from server.settings import Settings
-
-
-@pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
-    """One migrated PostgreSQL schema for the session; `database_url` empties it per test."""
-    if not PG_URL:
-        pytest.skip("FLOW_TEST_DATABASE_URL is not set")
-    with pg_schema() as url:
-        db.upgrade(url)
-        yield url
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database on each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'server.db'}"
-        db.upgrade(url)
-        return url
-    url = request.getfixturevalue("pg_server_url")
-    engine = db.create_engine_for(url)
-    try:
-        with engine.begin() as conn:
-            for table in reversed(tables.metadata.sorted_tables):
-                conn.execute(table.delete())
-    finally:
-        engine.dispose()
-    return url
 
 
 @pytest.fixture
