@@ -23,13 +23,13 @@ The processor writes what a turn says as outbound rows (status "pending", body
 
 Several server instances on one PostgreSQL database ("shared" mode) send a conversation's rows
 from one instance at a time: an instance takes the conversation's lease in `outbox_leases`
-before loading its rows, renews all its leases every third of `lease_seconds`, stops sending a
-conversation whose lease it could not renew in time, and gives the lease back once the
-conversation's outcomes are written. Rows another instance holds are left to it; a notified
-conversation whose lease is taken is tried again shortly (its holder may have finished before
-our rows were committed). Every `lease_seconds / 2` each instance also picks up pending rows of
-healthy pages whose conversation has no live lease: a crashed instance's rows are sent by
-another after at most `lease_seconds`.
+before loading its rows, renews all its leases every quarter of `lease_seconds`, starts no send
+for a conversation whose lease it has not renewed for half of `lease_seconds`, and gives the
+lease back once the conversation's outcomes are written. Rows another instance holds are left
+to it; a notified conversation whose lease is taken is tried again shortly (its holder may have
+finished before our rows were committed). Every `lease_seconds / 2` each instance also picks
+up pending rows of healthy pages whose conversation has no live lease: a crashed instance's
+rows are sent by another after at most `lease_seconds`.
 
 Delivery is at least once: a row whose send was in flight when the process died is sent again
 after the restart or by the instance that takes its lease over (the Send API has no
@@ -525,8 +525,8 @@ class Sender:
         if not keys:
             return set()
         async with self._lease_lock:
+            until = self._trust_until()
             granted = await self._db(self._acquire_rows, sorted(keys))
-            until = time.monotonic() + self.lease_seconds * 0.8
             for key in granted:
                 self._leased[key] = until
             self._loading_keys |= granted
@@ -551,12 +551,20 @@ class Sender:
                     return rows
                 after = found[-1].id
 
+    def _trust_until(self) -> float:
+        """Until when a lease taken or renewed from now on may be used to start a send: half
+        its term, counted from BEFORE the statement (the database's expiry is counted from
+        when it ran, which a loaded process learns late). The other half is the margin for a
+        send started just before: the Send API has no idempotency key, so a send still in
+        flight when another instance takes over is sent twice."""
+        return time.monotonic() + self.lease_seconds * 0.5
+
     def _lease_valid(self, key: Key) -> bool:
         return not self.shared or self._leased.get(key, 0.0) > time.monotonic()
 
     async def _keep_leases(self) -> None:
         """Renew our leases, give back the idle ones, and sweep for orphaned rows."""
-        period = max(0.1, self.lease_seconds / 3)
+        period = max(0.1, self.lease_seconds / 4)  # renewed twice within the trusted half
         last_sweep = last_renewal = time.monotonic()
         while True:
             # Not `wait_for`: on Python 3.11 it can swallow a cancellation that arrives as the
@@ -584,8 +592,8 @@ class Sender:
 
     async def _renew(self) -> None:
         keys = sorted(self._leased)
+        until = self._trust_until()
         held = await self._db(self._renew_rows, keys)
-        until = time.monotonic() + self.lease_seconds * 0.8
         for key in keys:
             if key in held:
                 if key in self._leased:
