@@ -408,10 +408,12 @@ class Sender:
         return sorted(page for page, keys in self._held.items() if keys)
 
     def is_idle(self) -> bool:
-        """Nothing to load, send or write (held pages' rows aside)."""
+        """Nothing to load, send or write (held pages' rows aside), and no lease of an idle
+        conversation left to give back."""
         return not (
             self._notified
             or self._contended
+            or (self._leased.keys() - self._conversations.keys() - self._loading_keys)
             or self._resume
             or self._loading
             or self._conversations
