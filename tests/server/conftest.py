@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ops_kit import Env, emulator_server, environment, fresh
 from outbox_kit import pg_migrated
 from server_kit import (
     BOT_FLOW,
@@ -19,6 +20,7 @@ from server_kit import (
 
 from runtime import db
 from server.app import create_app
+from server.emulator import Emulator
 from server.settings import Settings
 
 
@@ -75,3 +77,23 @@ def pg_url() -> Iterator[str]:
         pytest.skip("FLOW_TEST_DATABASE_URL is not set")
     with pg_migrated() as url:
         yield url
+
+
+# The fake Graph API over loopback for the operations commands (test_page_setup.py,
+# test_webhook_tools.py): one per module, emptied for each test.
+
+
+@pytest.fixture(scope="module")
+def meta_server() -> Iterator[tuple[Emulator, str]]:
+    with emulator_server() as served:
+        yield served
+
+
+@pytest.fixture
+def meta(meta_server: tuple[Emulator, str]) -> Emulator:
+    return fresh(meta_server[0])
+
+
+@pytest.fixture
+def env(meta_server: tuple[Emulator, str], tmp_path: Path) -> Env:
+    return environment(meta_server[1], tmp_path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
-from test_e2e import serving  # uvicorn on a loopback port, in a thread
+from server_kit import serving  # uvicorn on a loopback port, in a thread
 
 from flowlang.cli import main
 from server.emulator import DEFAULT_PAGE_ID, Emulator, create_emulator

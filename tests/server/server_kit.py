@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import dbkit
 import httpx
 import pytest
+import uvicorn
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -350,3 +353,37 @@ class Bot:
         """The app's database engine."""
         assert self.server.engine is not None
         return self.server.engine
+
+
+# ----------------------------------------------------------------------------- real HTTP
+
+
+@contextmanager
+def serving(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
+    """Serve `app` with uvicorn (uvloop, httptools) in a thread on a loopback port; yields
+    its base URL. The app's lifespan runs; a start-up failure fails the test."""
+    if sock is None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        lifespan="auto",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive(), "the server stopped during start-up"
+            assert time.monotonic() < deadline, "the server did not start in 30 s"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()

@@ -22,11 +22,11 @@ from server_kit import (
     envelope,
     make_settings,
     rows,
+    serving,
     signed,
     text_item,
 )
 from sqlalchemy import text
-from test_e2e import serving
 
 from runtime import db, tables
 from runtime.forget import ForgetReport, user_data

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -29,8 +28,8 @@ import aiohttp
 import dbkit
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
+from server_kit import serving
 from sqlalchemy import select
 
 from flowlang.load import compile_paths
@@ -75,37 +74,6 @@ def text_body(psid: str, text: str, **message: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- harness
-
-
-@contextmanager
-def serving(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
-    """Serve `app` with uvicorn (uvloop, httptools) in a thread on a loopback port; yields
-    its base URL. The app's lifespan runs; a start-up failure fails the test."""
-    if sock is None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        lifespan="auto",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive(), "the server stopped during start-up"
-            assert time.monotonic() < deadline, "the server did not start in 30 s"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 class Graph:

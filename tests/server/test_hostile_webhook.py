@@ -37,10 +37,10 @@ from server_kit import (
     item,
     make_settings,
     new_mid,
+    serving,
     text_item,
 )
 from sqlalchemy import Engine, func, select
-from test_e2e import serving
 
 from runtime import db, tables
 from server.app import create_app

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from server_kit import serving
 from test_e2e import (
     EMAIL_Q,
     FAST_SENDER,
@@ -39,7 +40,6 @@ from test_e2e import (
     Graph,
     _free_port,
     _wait_ready,
-    serving,
     texts,
 )
 

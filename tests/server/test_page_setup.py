@@ -7,7 +7,6 @@ SQLite files (and PostgreSQL for the full setup)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,7 @@ from ops_kit import (
     Env,
     calls,
     closed_port,
-    emulator_server,
-    environment,
     flowc,
-    fresh,
     one_line_error,
 )
 from server_kit import rows
@@ -104,22 +100,6 @@ PROFILE = {
 
 
 # ----------------------------------------------------------------------------- harness
-
-
-@pytest.fixture(scope="module")
-def meta_server() -> Iterator[tuple[Emulator, str]]:
-    with emulator_server() as served:
-        yield served
-
-
-@pytest.fixture
-def meta(meta_server: tuple[Emulator, str]) -> Emulator:
-    return fresh(meta_server[0])
-
-
-@pytest.fixture
-def env(meta_server: tuple[Emulator, str], tmp_path: Path) -> Env:
-    return environment(meta_server[1], tmp_path)
 
 
 @pytest.fixture

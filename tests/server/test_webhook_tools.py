@@ -21,39 +21,19 @@ from ops_kit import (
     Env,
     calls,
     closed_port,
-    emulator_server,
-    environment,
     flowc,
-    fresh,
     one_line_error,
 )
-from server_kit import VERIFY_TOKEN, FakeGraph, make_settings
+from server_kit import VERIFY_TOKEN, FakeGraph, make_settings, serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from test_e2e import serving
 
 from server.app import create_app
 from server.emulator import EMULATOR_APP_ID, Emulator, FailRule
 
 PSID = "24680"
-
-
-@pytest.fixture(scope="module")
-def meta_server() -> Iterator[tuple[Emulator, str]]:
-    with emulator_server() as served:
-        yield served
-
-
-@pytest.fixture
-def meta(meta_server: tuple[Emulator, str]) -> Emulator:
-    return fresh(meta_server[0])
-
-
-@pytest.fixture
-def env(meta_server: tuple[Emulator, str], tmp_path: Path) -> Env:
-    return environment(meta_server[1], tmp_path)
 
 
 def webhook(env: Env, *args: str) -> Result:
