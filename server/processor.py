@@ -236,11 +236,17 @@ def _contact(page_id: str, psid: str, data: dict[str, Any]) -> Contact:
     return Contact(page_id, psid, **values)
 
 
+#: Watermarks are milliseconds since the epoch; beyond year 9999 no date can hold them.
+_MAX_WATERMARK = 253_402_300_799_000
+
+
 def _watermark(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """A receipt's watermark, or None when it is not a usable time (a forged or broken
+    receipt must not fail its event)."""
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_WATERMARK:
+        return value
     return None
 
 

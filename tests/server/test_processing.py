@@ -637,3 +637,13 @@ def test_graph_profile_errors_never_fail_an_event(
     (sent,) = rows(database_url, "message_log", direction="outbound")
     assert sent.body["payload"] == {"text": "Hi !"}
     assert sent.status == "sent"
+
+
+def test_a_receipt_with_an_impossible_watermark_is_done_not_failed(
+    start_bot: Callable[..., Bot], database_url: str
+) -> None:
+    bot = start_bot(database_url)
+    bot.post(envelope(item("u1", read={"watermark": -996588298460285894656})))
+    bot.post(envelope(item("u1", delivery={"mids": ["m_x"], "watermark": 10**20})))
+    bot.drain()
+    assert [(e.kind, e.status) for e in bot.events()] == [("read", "done"), ("delivery", "done")]
