@@ -7,15 +7,17 @@ its own process, pinned to CPU 1 (the benchmark runs on CPU 0) when there are tw
 latency comes from the URL (`/lat20/v25.0/me/messages` answers after 20 ms), so one server
 serves every variant. In each round, in random order, for each latency:
 
-    bare     the project's pooled httpx client (`server.graph.create_http_client`: httpx on
-             the aiohttp transport) called directly by `concurrency` workers: POST
-             /me/messages with the Send API body, appsecret_proof and Bearer token, as the
-             Graph client sends them
+    bare     the project's Graph client (`server.graph.GraphClient.send` on the pooled
+             client of `create_http_client`: httpx types on the aiohttp transport) called
+             directly by `concurrency` workers: the Send API body, appsecret_proof and Bearer
+             token, the exact call the sender makes
     sender   `server.sender.Sender` on a SQLite file holding `requests` pending outbound rows
              of 4 × `concurrency` users (a backlog, e.g. after a restart), at most
              `concurrency` calls in flight: time from `start()` to every row recorded "sent"
              (reading the rows, the Graph client, ordering, rate limiter, batched status
              writes). Its rate limit is set out of the way here; see "limited" below
+    post     the same calls through `httpx.AsyncClient.post` on that client: the cost of
+             the client layer (cookies, auth, redirects) that GraphClient skips
     stock    the same calls through stock httpx (its own transport: httpcore's pool), the
              client the performance reference §6 measured at 190–900 calls/s
     aiohttp  the same calls through aiohttp alone: the cost of httpx on top of its transport
@@ -63,6 +65,7 @@ import uvloop
 from sqlalchemy import func
 
 from runtime import db, tables
+from server import gctune
 from server.crypto import TokenCipher
 from server.graph import GraphClient, create_http_client, message_body
 from server.pages import PageRegistry
@@ -182,9 +185,32 @@ async def run_bare(
     concurrency: int,
     factory: Callable[[], httpx.AsyncClient] = create_http_client,
 ) -> dict[str, Any]:
-    """An httpx client (by default the project's), called directly by `concurrency` workers."""
+    """The project's Graph client (`GraphClient.send`, on an httpx client made by `factory`),
+    called directly by `concurrency` workers: the same call the sender makes, without it."""
     http = factory()
-    # The URL parsed once, as the Graph client does for sends.
+    graph = GraphClient(http, base_url=base, app_secret=APP_SECRET)
+    users = 4 * concurrency
+    bodies = iter([message_body(str(i % users), MESSAGE) for i in range(requests)])
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for body in bodies:
+            started = time.perf_counter()
+            await graph.send(TOKEN, body)
+            latencies.append(time.perf_counter() - started)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await http.aclose()
+    assert len(latencies) == requests
+    return figures_of(requests, elapsed, cpu, latencies)
+
+
+async def run_post(base: str, requests: int, concurrency: int) -> dict[str, Any]:
+    """The same calls through `httpx.AsyncClient.post` on the project's client: what the
+    Graph client saves by calling the client's transport directly."""
+    http = create_http_client()
     url = httpx.URL(base + "/me/messages", params={"appsecret_proof": PROOF})
     headers = {"Authorization": f"Bearer {TOKEN}"}
     users = 4 * concurrency
@@ -203,7 +229,6 @@ async def run_bare(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await http.aclose()
-    assert len(latencies) == requests
     return figures_of(requests, elapsed, cpu, latencies)
 
 
@@ -330,7 +355,7 @@ async def run_floor(port: int, prefix: str, requests: int, concurrency: int) -> 
 # ----------------------------------------------------------------------------- main
 
 
-VARIANTS = ("bare", "sender", "stock", "aiohttp", "floor")
+VARIANTS = ("bare", "sender", "post", "stock", "aiohttp", "floor")
 
 
 def run_variant(
@@ -349,6 +374,8 @@ def run_variant(
         return uvloop.run(run_bare(base, max(200, requests // 5), concurrency, stock_httpx))
     if variant == "aiohttp":
         return uvloop.run(run_aiohttp(base, requests, concurrency))
+    if variant == "post":
+        return uvloop.run(run_post(base, requests, concurrency))
     return uvloop.run(run_floor(port, f"/lat{lat}/v25.0", requests, concurrency))
 
 
@@ -369,6 +396,7 @@ def main() -> None:
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, {0})
+    gctune.tune()  # as `flowc serve` does, for every variant
     transport = type(create_http_client()._transport).__name__
 
     print(
@@ -393,7 +421,7 @@ def main() -> None:
                 for lat in rng.sample(latencies, len(latencies)):
                     # The compared pair runs back to back (in random order): the load of a
                     # shared machine drifts over seconds, and both runs should see the same.
-                    pair, others = ["bare", "sender"], ["stock", "aiohttp", "floor"]
+                    pair, others = ["bare", "sender"], ["post", "stock", "aiohttp", "floor"]
                     rng.shuffle(pair)
                     rng.shuffle(others)
                     plan += [(lat, v) for v in pair + others]
@@ -473,6 +501,7 @@ TARGET_NAME = "sender / bare (B9)"
 CPU_RATIO = "bare / sender CPU per call"
 RATIOS = {
     TARGET_NAME: ("sender", "bare"),
+    "bare / httpx client.post (direct call gain)": ("bare", "post"),
     "bare / stock httpx (transport gain)": ("bare", "stock"),
     "bare / raw aiohttp (httpx on top)": ("bare", "aiohttp"),
     "bare / floor (client vs server)": ("bare", "floor"),

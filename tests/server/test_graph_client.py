@@ -59,6 +59,41 @@ def test_send_posts_the_body_with_token_in_the_header_and_appsecret_proof() -> N
     }
 
 
+def test_calls_carry_the_clients_timeouts_and_user_agent_and_no_cookies() -> None:
+    """The client's transport is called directly (no AsyncClient.send): what the client
+    would have applied must still be there, and a cookie Meta sets is not sent back."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200,
+            json={"recipient_id": PSID, "message_id": "m_1"},
+            headers={"Set-Cookie": "fr=abc; Path=/"},
+        )
+
+    http = create_http_client(
+        httpx.MockTransport(handler), timeout=httpx.Timeout(7.0, connect=2.0)
+    )
+    client = GraphClient(http, base_url=BASE_URL, app_secret=APP_SECRET)
+
+    async def twice() -> None:
+        await client.send(TOKEN, message_body(PSID, {"text": "é"}))
+        await client.send(TOKEN, message_body(PSID, {"text": "again"}))
+
+    asyncio.run(twice())
+    first, second = seen
+    assert first.extensions["timeout"] == {"connect": 2.0, "read": 7.0, "write": 7.0, "pool": 7.0}
+    assert first.headers["user-agent"] == "flowlang"
+    assert "cookie" not in second.headers
+    # The body is encoded as httpx encodes `json=`: compact UTF-8.
+    assert first.content == (
+        b'{"recipient":{"id":"' + PSID.encode() + b'"},"messaging_type":"RESPONSE",'
+        b'"message":{"text":"\xc3\xa9"}}'
+    )
+    assert first.headers["content-length"] == str(len(first.content))
+
+
 def test_appsecret_proof_is_the_hmac_of_each_token() -> None:
     graph = FakeGraph()
     client = client_for(graph)
@@ -171,7 +206,9 @@ def test_the_token_is_never_in_the_url_nor_in_logs(caplog: pytest.LogCaptureFixt
 
     asyncio.run(calls())
     assert all(TOKEN not in str(c.params) for c in graph.calls)
-    assert "HTTP Request" in caplog.text  # httpx logged the URLs, and they hold no token
+    # Each call is logged (method, path, status), and no line holds the token.
+    assert "POST /me/messages -> 400" in caplog.text
+    assert f"GET /{PSID} -> 200" in caplog.text
     assert TOKEN not in caplog.text
     assert TOKEN not in repr(client)
 
