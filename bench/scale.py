@@ -116,10 +116,7 @@ def serve(role: str, port: int) -> None:
         return
     import uvicorn
 
-    from server import gctune
-
     app = real_app(gate=role == "real")
-    gctune.tune()  # as `flowc serve` does
     uvicorn.run(app, host="127.0.0.1", port=port, **wb.UVICORN_FLAGS)
 
 

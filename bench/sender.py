@@ -396,7 +396,7 @@ def main() -> None:
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, {0})
-    gctune.tune()  # as `flowc serve` does, for every variant
+    gctune.tune()  # as the server does once started; for every variant
     transport = type(create_http_client()._transport).__name__
 
     print(

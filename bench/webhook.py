@@ -108,7 +108,6 @@ def real_app() -> Any:
     import logging
 
     from flowlang.load import compile_paths
-    from server import gctune
     from server.app import create_app
     from server.settings import load_settings
 
@@ -116,9 +115,8 @@ def real_app() -> Any:
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings()
     program = compile_paths([str(ROOT / "flows")]).program
-    app = create_app(settings, flows=[str(ROOT / "flows")], program=program)
-    gctune.tune()  # as `flowc serve` does
-    return app
+    # (The app tunes the garbage collector when it starts, as under `flowc serve`.)
+    return create_app(settings, flows=[str(ROOT / "flows")], program=program)
 
 
 def serve(role: str, port: int) -> None:
@@ -130,7 +128,7 @@ def serve(role: str, port: int) -> None:
 
     if role == "baseline":
         app = baseline_app()
-        gctune.tune()  # the same process settings as the real app (a fair floor)
+        gctune.tune()  # the collector settings the real app uses once started (a fair floor)
     elif role == "real":
         app = real_app()
     elif role == "emulator":
@@ -501,7 +499,7 @@ def sender_alone(args: argparse.Namespace) -> None:
         conn.execute(tables.message_log.insert(), rows)
     expected = len(rows)
     del rows  # a backlog in the database, not in this process's memory
-    gctune.tune()  # as `flowc serve` does
+    gctune.tune()  # as the server does once started
 
     async def run() -> float:
         http = create_http_client()

@@ -95,7 +95,7 @@ def serve_command(
 
     from flowlang.render import render
     from runtime import db
-    from server import gctune, redact
+    from server import redact
     from server.app import StartupError, compile_flows, create_app
     from server.settings import SettingsError, load_settings
 
@@ -129,7 +129,6 @@ def serve_command(
         f"(webhook: /webhook, database: {db.display_url(settings.database_url)})",
         err=True,
     )
-    gctune.tune()
     uvicorn.run(
         app,
         host=host,

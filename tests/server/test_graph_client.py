@@ -72,9 +72,7 @@ def test_calls_carry_the_clients_timeouts_and_user_agent_and_no_cookies() -> Non
             headers={"Set-Cookie": "fr=abc; Path=/"},
         )
 
-    http = create_http_client(
-        httpx.MockTransport(handler), timeout=httpx.Timeout(7.0, connect=2.0)
-    )
+    http = create_http_client(httpx.MockTransport(handler), timeout=httpx.Timeout(7.0, connect=2.0))
     client = GraphClient(http, base_url=BASE_URL, app_secret=APP_SECRET)
 
     async def twice() -> None:

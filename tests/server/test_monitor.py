@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from outbox_kit import SQL_BACKENDS, migrated_url
-from test_e2e import (  # noqa: F401 (db_url, graph, live and program: the e2e fixtures)
+from live_kit import (  # noqa: F401 (db_url, graph, live and program: the fixtures)
     ADA,
     BACKENDS,
     GREAT,
@@ -28,6 +27,7 @@ from test_e2e import (  # noqa: F401 (db_url, graph, live and program: the e2e f
     program,
     settled,
 )
+from outbox_kit import SQL_BACKENDS, migrated_url
 
 from flowlang.cli import main
 from runtime import db, tables

@@ -30,18 +30,18 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from server_kit import serving
-from test_e2e import (
+from live_kit import (
     EMAIL_Q,
     FAST_SENDER,
     GREAT,
     NAME_Q,
     ROOT,
     Graph,
-    _free_port,
-    _wait_ready,
+    free_port,
     texts,
+    wait_ready,
 )
+from server_kit import serving
 
 from flowlang.load import compile_paths
 from server import redact
@@ -218,7 +218,7 @@ def test_flowc_serve_prints_no_secret_at_debug_level(tmp_path: Path) -> None:
     emulator = Emulator(page_id=PAGE_ID, app_secret=APP_SECRET)
     with serving(create_emulator(emulator)) as graph_url:
         graph = Graph(graph_url)
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv = [sys.executable, "-m", "flowlang", "serve", str(ROOT / "flows")]
         argv += ["--port", str(port), "--log-level", "debug"]
@@ -232,7 +232,7 @@ def test_flowc_serve_prints_no_secret_at_debug_level(tmp_path: Path) -> None:
                 stderr=subprocess.STDOUT,
             )
             try:
-                _wait_ready(url, process, log)
+                wait_ready(url, process, log)
                 verify(url)
                 assert say(url, "I'm interested in a demo") == 200
                 assert texts(graph.sent(PSID, 2)) == [GREAT, NAME_Q]
