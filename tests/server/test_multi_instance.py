@@ -60,10 +60,11 @@ def test_a_conversation_split_over_two_instances_is_answered_in_order_once(
 ) -> None:
     a, b = _two(start_bot, pg_db)
     users = [f"77{n:04d}" for n in range(20)]
-    for turn in range(6):
-        for n, psid in enumerate(users):
-            bot = (a, b)[(turn + n) % 2]  # every user's messages alternate between instances
-            bot.say(psid, f"m{turn}")
+    for psid in users:
+        # A user's messages come back to back, alternately to each instance: the second
+        # reaches B while A is still on the first (without the gate B would answer it first).
+        for turn in range(6):
+            (a, b)[turn % 2].say(psid, f"m{turn}")
     _wait(lambda: _settled(a))
     for psid in users:
         assert a.graph.texts(psid) == [f"got m{turn}" for turn in range(6)], psid
