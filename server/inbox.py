@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from runtime import tables
 from server.messenger import EventKind, WebhookEvent, classify
+from server.rawsql import bind_processor, mark
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +135,6 @@ _PENDING = (
     .order_by(_C.id)
     .limit(bindparam("limit"))
 )
-#: Claims a pending event for an outcome; no row changes when it was handled already.
-FINISH = (
-    update(_T)
-    .where(_C.id == bindparam("event_id"), _C.status == "pending")
-    .values(
-        status=bindparam("new_status", type_=_C.status.type),
-        attempts=_C.attempts + 1,
-        processed_at=bindparam("now", type_=_C.processed_at.type),
-        error=bindparam("new_error", type_=_C.error.type),
-    )
-)
 _ATTEMPT = (
     update(_T)
     .where(_C.id == bindparam("event_id"), _C.status == "pending")
@@ -173,9 +163,15 @@ class Inbox:
         self._dialect = dialect
         # The column types' own conversions (JSON text, SQLite's timestamp text), as the
         # rest of the code writes them through SQLAlchemy.
-        self._json = _C.payload.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
-        self._time = _C.received_at.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+        self._json = bind_processor(engine, _T, "payload")
+        self._time = bind_processor(engine, _T, "received_at")
         self._sql: dict[int, str] = {}
+        # Claims a pending event for an outcome (the hot path of every processed event); no
+        # row changes when it was handled already.
+        self._finish_sql = (
+            "UPDATE webhook_events SET status = {0}, attempts = attempts + 1, "
+            "processed_at = {0}, error = {0} WHERE id = {0} AND status = 'pending'"
+        ).format(mark(engine))
 
     def add(self, events: Sequence[WebhookEvent]) -> list[StoredEvent]:
         """Store events in one transaction; returns the ones that were new (a redelivered
@@ -199,7 +195,7 @@ class Inbox:
     ) -> dict[str, StoredEvent]:
         """Insert the rows; returns the new events by key (the first copy of a key wins)."""
         to_json, to_time = self._json, self._time
-        when = to_time(now) if to_time is not None else now
+        when = to_time(now)
         statuses: list[EventStatus] = []
         ids: dict[str, int] = {}
         for start in range(0, len(events), _ROWS_PER_INSERT):
@@ -208,7 +204,7 @@ class Inbox:
             for event in chunk:
                 status = (self.settle(event) if self.settle else None) or "pending"
                 statuses.append(status)
-                payload = to_json(event.payload) if to_json is not None else event.payload
+                payload = to_json(event.payload)
                 settled = None if status == "pending" else when
                 params += (
                     event.page_id,
@@ -276,11 +272,11 @@ class Inbox:
     ) -> bool:
         """Record the outcome of a pending event (inside `conn`'s transaction when given).
         False when it was not pending any more (handled already)."""
-        params = {"event_id": event_id, "new_status": status, "new_error": error, "now": _now()}
+        params = (status, self._time(_now()), error, event_id)
         if conn is not None:
-            return conn.execute(FINISH, params).rowcount == 1
+            return conn.exec_driver_sql(self._finish_sql, params).rowcount == 1
         with self.lock, self.engine.begin() as own:
-            return own.execute(FINISH, params).rowcount == 1
+            return own.exec_driver_sql(self._finish_sql, params).rowcount == 1
 
     def record_attempt(self, event_id: int, attempts: int, error: str) -> None:
         """Count a failed processing attempt of a pending event and keep the error."""

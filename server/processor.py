@@ -38,7 +38,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from flowlang.ir import PAGE_INBOX_APP_ID
@@ -49,9 +48,10 @@ from runtime.program import ProgramView
 from runtime.state import ConversationState
 from runtime.store import Contact, SqlStore, insert_statement, load_state, save_state
 from server.dispatcher import Deferred
-from server.inbox import FINISH, EventStatus, Inbox, StoredEvent, write_lock
+from server.inbox import EventStatus, Inbox, StoredEvent, write_lock
 from server.messenger import EventKind, WebhookEvent, to_inbound
 from server.metrics import Metrics
+from server.rawsql import RowInserter
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,11 @@ class _Conflict(Exception):
 
 # ----------------------------------------------------------------------------- statements
 
-_LOG = tables.message_log
-_LOG_INBOUND = {
-    name: dialect.insert(_LOG).on_conflict_do_nothing(index_elements=["mid"])
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
-_LOG_OUTBOUND = _LOG.insert()
-_FLOW_EVENTS = tables.flow_events.insert()
+#: message_log rows as a turn writes them (`_log_row`): the inbound message and the replies
+#: in one statement, in that order (ids ascending). A redelivered inbound message (its mid
+#: logged already) is skipped; replies have no mid.
+_LOG_COLUMNS = ("page_id", "psid", "direction", "mid", "kind", "body", "status", "created_at")
+_FLOW_EVENT_COLUMNS = ("page_id", "psid", "flow_id", "step", "kind", "detail", "source", "at")
 #: Trace entries kept as flow events (for `flowc monitor`), by the event kind they become: a
 #: flow entered by `call` starts too (its end is traced when it returns). Faults come from
 #: `Turn.faults`.
@@ -221,6 +219,19 @@ def flow_events(page_id: str, psid: str, turn: Turn) -> list[dict[str, Any]]:
         for fault in turn.faults
     ]
     return rows
+
+
+def _log_row(
+    event: StoredEvent,
+    direction: str,
+    kind: str,
+    body: dict[str, Any],
+    at: datetime,
+    mid: str | None = None,
+) -> tuple[Any, ...]:
+    """A message_log row in the order of `_LOG_COLUMNS`."""
+    status = "received" if direction == "inbound" else "pending"
+    return (event.page_id, event.psid, direction, mid, kind, body, status, at)
 
 
 def _text(value: Any) -> str | None:
@@ -406,7 +417,10 @@ class Processor:
         self.store = SqlStore(engine)
         self._lock = self.inbox.lock
         self._insert = insert_statement(engine.dialect.name)
-        self._log_inbound = _LOG_INBOUND[engine.dialect.name]
+        self._log = RowInserter(
+            engine, tables.message_log, _LOG_COLUMNS, suffix="ON CONFLICT (mid) DO NOTHING"
+        )
+        self._flow_events = RowInserter(engine, tables.flow_events, _FLOW_EVENT_COLUMNS)
         self._program = program
         self._pages = pages
         self._graph = graph
@@ -665,23 +679,20 @@ class Processor:
                 return Outcome("pending", needs_profile=True)
         if not self._claim(conn, event, "done"):
             return Outcome("done", already_handled=True)
-        body = inbound_body(inbound)
-        conn.execute(
-            self._log_inbound,
-            self._log_row(event, "inbound", inbound.kind, body, mid=inbound.mid),
-        )
+        now = _now()
+        rows = [_log_row(event, "inbound", inbound.kind, inbound_body(inbound), now, inbound.mid)]
         if turn is None:
+            self._log.insert(conn, rows)
             return Outcome("done")
         _save(conn, self._insert, turn.state)
-        rows = [
-            self._log_row(event, "outbound", item.kind, outbound_body(item)) for item in turn.outbox
+        rows += [
+            _log_row(event, "outbound", item.kind, outbound_body(item), now) for item in turn.outbox
         ]
-        if rows:
-            conn.execute(_LOG_OUTBOUND, rows)
+        self._log.insert(conn, rows)
         events = flow_events(event.page_id, event.psid, turn)
         if events:
-            conn.execute(_FLOW_EVENTS, events)
-        return Outcome("done", outbound=len(rows), faults=turn.faults)
+            self._flow_events.insert(conn, [[e[c] for c in _FLOW_EVENT_COLUMNS] for e in events])
+        return Outcome("done", outbound=len(rows) - 1, faults=turn.faults)
 
     def _handover(self, event: StoredEvent, psid: str, ours: bool, conn: Connection) -> Outcome:
         busy = self._gate(conn, event)
@@ -765,27 +776,5 @@ class Processor:
             return "an earlier event of this conversation is still pending"
         return None
 
-    @staticmethod
-    def _claim(conn: Connection, event: StoredEvent, status: EventStatus) -> bool:
-        params = {"event_id": event.id, "new_status": status, "new_error": None, "now": _now()}
-        return conn.execute(FINISH, params).rowcount == 1
-
-    @staticmethod
-    def _log_row(
-        event: StoredEvent,
-        direction: str,
-        kind: str,
-        body: dict[str, Any],
-        *,
-        mid: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "page_id": event.page_id,
-            "psid": event.psid,
-            "direction": direction,
-            "mid": mid,
-            "kind": kind,
-            "body": body,
-            "status": "received" if direction == "inbound" else "pending",
-            "created_at": _now(),
-        }
+    def _claim(self, conn: Connection, event: StoredEvent, status: EventStatus) -> bool:
+        return self.inbox.finish(event.id, status, conn=conn)

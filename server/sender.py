@@ -69,6 +69,7 @@ from server.graph import (
 )
 from server.pages import PageCredentials, PageRegistry
 from server.ratelimit import PageRateLimiter
+from server.rawsql import bind_processor, mark
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,6 @@ class _Hold(Exception):
 
 _M = tables.message_log
 _MC = _M.c
-_TIME = _MC.sent_at.type
 # Literal predicates, so that an index on pending rows (WHERE status = 'pending') can serve them.
 _PENDING_OUT = text("status = 'pending' AND direction = 'outbound'")
 _LOAD_COLUMNS = (_MC.id, _MC.page_id, _MC.psid, _MC.kind, _MC.body)
@@ -189,10 +189,10 @@ _RESUME = (
 _RECORD_COLUMNS = ("status", "mid", "sent_at", "error_code", "error_subcode", "error_message")
 
 
-def _record_sql(dialect: str) -> str:
-    mark = "?" if dialect == "sqlite" else "%s"
-    assignments = ", ".join(f"{column} = {mark}" for column in _RECORD_COLUMNS)
-    return f"UPDATE message_log SET {assignments} WHERE id = {mark} AND status = 'pending'"
+def _record_sql(engine: Engine) -> str:
+    placeholder = mark(engine)
+    assignments = ", ".join(f"{column} = {placeholder}" for column in _RECORD_COLUMNS)
+    return f"UPDATE message_log SET {assignments} WHERE id = {placeholder} AND status = 'pending'"
 
 
 # Leases (shared mode, PostgreSQL only). Expiry uses the database's clock, which every
@@ -266,9 +266,8 @@ class Sender:
         owner: str | None = None,
     ) -> None:
         self.engine = engine
-        self._record_sql = _record_sql(engine.dialect.name)
-        impl = _TIME.dialect_impl(engine.dialect)
-        self._time_param = impl.bind_processor(engine.dialect) or (lambda value: value)
+        self._record_sql = _record_sql(engine)
+        self._time_param = bind_processor(engine, _M, "sent_at")
         self.graph = graph
         self.pages = pages
         self.limiter = limiter or PageRateLimiter()
