@@ -4,6 +4,7 @@ several apps in one process never share counters). Served at GET /metrics."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -86,6 +87,7 @@ class Metrics:
             ["outcome", "code"],
             registry=registry,
         )
+        self._sends: dict[tuple[str, str], Any] = {}
         self.queue_depth = Gauge(
             "flow_queue_depth",
             "Work waiting: inbox = events queued or being processed, outbox = messages to send.",
@@ -110,7 +112,11 @@ class Metrics:
 
     def send_outcome(self, outcome: str, code: int | str | None = None) -> None:
         """Count one Send API call's outcome (for the sender)."""
-        self.sends.labels(outcome, "-" if code is None else str(code)).inc()
+        key = (outcome, "-" if code is None else str(code))
+        child = self._sends.get(key)
+        if child is None:  # `labels()` validates and locks on every call: look it up once
+            child = self._sends[key] = self.sends.labels(*key)
+        child.inc()
 
     def render(self) -> bytes:
         """The exposition text for GET /metrics."""
