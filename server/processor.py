@@ -188,34 +188,17 @@ def inbound_body(event: Inbound) -> dict[str, Any]:
     return body
 
 
-def flow_events(page_id: str, psid: str, turn: Turn) -> list[dict[str, Any]]:
-    """The `flow_events` rows of a turn: flows started and ended, hand-overs, faults."""
+def flow_events(page_id: str, psid: str, turn: Turn) -> list[tuple[Any, ...]]:
+    """The `flow_events` rows of a turn (in the order of `_FLOW_EVENT_COLUMNS`): flows
+    started and ended, hand-overs, faults."""
     now = _now()
     rows = [
-        {
-            "page_id": page_id,
-            "psid": psid,
-            "flow_id": entry.flow,
-            "step": entry.step,
-            "kind": _FLOW_EVENT_KINDS[entry.kind],
-            "detail": None,
-            "source": None,
-            "at": now,
-        }
+        (page_id, psid, entry.flow, entry.step, _FLOW_EVENT_KINDS[entry.kind], None, None, now)
         for entry in turn.trace
         if entry.kind in _FLOW_EVENT_KINDS
     ]
     rows += [
-        {
-            "page_id": page_id,
-            "psid": psid,
-            "flow_id": fault.flow_id,
-            "step": fault.step,
-            "kind": "fault",
-            "detail": fault.reason,
-            "source": fault.source,
-            "at": now,
-        }
+        (page_id, psid, fault.flow_id, fault.step, "fault", fault.reason, fault.source, now)
         for fault in turn.faults
     ]
     return rows
@@ -689,9 +672,7 @@ class Processor:
             _log_row(event, "outbound", item.kind, outbound_body(item), now) for item in turn.outbox
         ]
         self._log.insert(conn, rows)
-        events = flow_events(event.page_id, event.psid, turn)
-        if events:
-            self._flow_events.insert(conn, [[e[c] for c in _FLOW_EVENT_COLUMNS] for e in events])
+        self._flow_events.insert(conn, flow_events(event.page_id, event.psid, turn))
         return Outcome("done", outbound=len(rows) - 1, faults=turn.faults)
 
     def _handover(self, event: StoredEvent, psid: str, ours: bool, conn: Connection) -> Outcome:
