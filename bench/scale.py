@@ -50,7 +50,6 @@ figures and PASS/MISS against the targets, and exits 0 unless something broke.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -152,90 +151,6 @@ def server(role: str, cpu: int, log: Path, env: dict[str, str] | None = None) ->
 # ============================================================================ load generation
 
 
-async def _connect(ports: Sequence[int], connections: int) -> list[list[wb._Conn]]:
-    """`connections` keep-alive connections spread evenly over `ports` (one list per port)."""
-    loop = asyncio.get_running_loop()
-    per_port = max(1, connections // len(ports))
-    return [
-        [(await loop.create_connection(wb._Conn, "127.0.0.1", p))[1] for _ in range(per_port)]
-        for p in ports
-    ]
-
-
-def _close(pools: list[list[wb._Conn]]) -> None:
-    for pool in pools:
-        for conn in pool:
-            if conn.transport is not None:
-                conn.transport.close()
-
-
-async def closed_loop_ports(
-    ports: Sequence[int], requests: Sequence[bytes], connections: int
-) -> wb.Load:
-    """Closed loop over several ports, round-robin: request i goes to port i mod len(ports),
-    each port's share sent by its own connections (so the slower process sets the pace, as
-    behind a round-robin proxy)."""
-    pools = await _connect(ports, connections)
-    latencies: list[float] = []
-    bad = 0
-
-    async def worker(conn: wb._Conn, it: Iterator[bytes]) -> None:
-        nonlocal bad
-        for data in it:
-            sent = time.perf_counter()
-            if await conn.request(data) != 200:
-                bad += 1
-            latencies.append(time.perf_counter() - sent)
-
-    shares = [iter(requests[k :: len(ports)]) for k in range(len(ports))]
-    started_wall = time.time()
-    started = time.perf_counter()
-    await asyncio.gather(
-        *(worker(conn, shares[k]) for k, pool in enumerate(pools) for conn in pool)
-    )
-    seconds = time.perf_counter() - started
-    _close(pools)
-    return wb._summary(latencies, seconds, bad, started_wall)
-
-
-async def open_loop_ports(
-    ports: Sequence[int], requests: Sequence[bytes], rate: float, connections: int
-) -> wb.Load:
-    """Requests at a fixed total rate, request i to port i mod len(ports); latency counted
-    from when each was due (no coordinated omission), as webhook.py's open loop."""
-    pools = await _connect(ports, connections)
-    free: list[asyncio.Queue[wb._Conn]] = []
-    for pool in pools:
-        queue: asyncio.Queue[wb._Conn] = asyncio.Queue()
-        for conn in pool:
-            queue.put_nowait(conn)
-        free.append(queue)
-    latencies: list[float] = []
-    bad = 0
-
-    async def one(due: float, data: bytes, queue: asyncio.Queue[wb._Conn]) -> None:
-        nonlocal bad
-        conn = await queue.get()
-        if await conn.request(data) != 200:
-            bad += 1
-        latencies.append(time.perf_counter() - due)
-        queue.put_nowait(conn)
-
-    tasks = []
-    started_wall = time.time()
-    started = time.perf_counter()
-    for i, data in enumerate(requests):
-        due = started + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(due, data, free[i % len(free)])))
-    await asyncio.gather(*tasks)
-    seconds = time.perf_counter() - started
-    _close(pools)
-    return wb._summary(latencies, seconds, bad, started_wall)
-
-
 def generate(args: argparse.Namespace) -> None:
     """Role `load`: build the signed requests, send them, print the result as JSON."""
     import uvloop
@@ -243,9 +158,9 @@ def generate(args: argparse.Namespace) -> None:
     ports = [int(p) for p in args.ports.split(",")]
     requests = wb.signed_requests(args.n, kind=args.kind, tag=args.tag)
     if args.rate:
-        result = uvloop.run(open_loop_ports(ports, requests, args.rate, args.connections))
+        result = uvloop.run(wb.open_loop_ports(ports, requests, args.rate, args.connections))
     else:
-        result = uvloop.run(closed_loop_ports(ports, requests, args.connections))
+        result = uvloop.run(wb.closed_loop_ports(ports, requests, args.connections))
     print(json.dumps(asdict(result)))
 
 

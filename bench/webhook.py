@@ -239,16 +239,34 @@ def _summary(latencies: list[float], seconds: float, non_200: int, started: floa
     return Load(len(latencies), seconds, non_200, pct(50), pct(99), pct(99.9), started)
 
 
-async def _closed_loop(port: int, requests: Sequence[bytes], connections: int) -> Load:
+async def _connect(ports: Sequence[int], connections: int) -> list[list[_Conn]]:
+    """`connections` keep-alive connections spread evenly over `ports` (one list per port)."""
     loop = asyncio.get_running_loop()
-    conns = [
-        (await loop.create_connection(_Conn, "127.0.0.1", port))[1] for _ in range(connections)
+    per_port = max(1, connections // len(ports))
+    return [
+        [(await loop.create_connection(_Conn, "127.0.0.1", p))[1] for _ in range(per_port)]
+        for p in ports
     ]
-    it = iter(requests)
+
+
+def _close(pools: list[list[_Conn]]) -> None:
+    for pool in pools:
+        for conn in pool:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def closed_loop_ports(
+    ports: Sequence[int], requests: Sequence[bytes], connections: int
+) -> Load:
+    """Closed loop over several ports, round-robin: request i goes to port i mod len(ports),
+    each port's share sent by its own connections (so the slower process sets the pace, as
+    behind a round-robin proxy)."""
+    pools = await _connect(ports, connections)
     latencies: list[float] = []
     bad = 0
 
-    async def worker(conn: _Conn) -> None:
+    async def worker(conn: _Conn, it: Iterator[bytes]) -> None:
         nonlocal bad
         for data in it:
             sent = time.perf_counter()
@@ -256,33 +274,39 @@ async def _closed_loop(port: int, requests: Sequence[bytes], connections: int) -
                 bad += 1
             latencies.append(time.perf_counter() - sent)
 
+    shares = [iter(requests[k :: len(ports)]) for k in range(len(ports))]
     started_wall = time.time()
     started = time.perf_counter()
-    await asyncio.gather(*(worker(c) for c in conns))
+    await asyncio.gather(
+        *(worker(conn, shares[k]) for k, pool in enumerate(pools) for conn in pool)
+    )
     seconds = time.perf_counter() - started
-    for conn in conns:
-        assert conn.transport is not None
-        conn.transport.close()
+    _close(pools)
     return _summary(latencies, seconds, bad, started_wall)
 
 
-async def _open_loop(port: int, requests: Sequence[bytes], rate: float, connections: int) -> Load:
-    """Requests at a fixed rate; latency counted from when each was due (no coordinated
-    omission), on a pool of keep-alive connections."""
-    loop = asyncio.get_running_loop()
-    free: asyncio.Queue[_Conn] = asyncio.Queue()
-    for _ in range(connections):
-        free.put_nowait((await loop.create_connection(_Conn, "127.0.0.1", port))[1])
+async def open_loop_ports(
+    ports: Sequence[int], requests: Sequence[bytes], rate: float, connections: int
+) -> Load:
+    """Requests at a fixed total rate, request i to port i mod len(ports); latency counted
+    from when each was due (no coordinated omission), on pools of keep-alive connections."""
+    pools = await _connect(ports, connections)
+    free: list[asyncio.Queue[_Conn]] = []
+    for pool in pools:
+        queue: asyncio.Queue[_Conn] = asyncio.Queue()
+        for conn in pool:
+            queue.put_nowait(conn)
+        free.append(queue)
     latencies: list[float] = []
     bad = 0
 
-    async def one(due: float, data: bytes) -> None:
+    async def one(due: float, data: bytes, queue: asyncio.Queue[_Conn]) -> None:
         nonlocal bad
-        conn = await free.get()
+        conn = await queue.get()
         if await conn.request(data) != 200:
             bad += 1
         latencies.append(time.perf_counter() - due)
-        free.put_nowait(conn)
+        queue.put_nowait(conn)
 
     tasks = []
     started_wall = time.time()
@@ -292,9 +316,11 @@ async def _open_loop(port: int, requests: Sequence[bytes], rate: float, connecti
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(due, data)))
+        tasks.append(asyncio.ensure_future(one(due, data, free[i % len(free)])))
     await asyncio.gather(*tasks)
-    return _summary(latencies, time.perf_counter() - started, bad, started_wall)
+    seconds = time.perf_counter() - started
+    _close(pools)
+    return _summary(latencies, seconds, bad, started_wall)
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -303,9 +329,9 @@ def generate(args: argparse.Namespace) -> None:
 
     requests = signed_requests(args.n, kind=args.kind, tag=args.tag)
     if args.rate:
-        result = uvloop.run(_open_loop(args.port, requests, args.rate, args.connections))
+        result = uvloop.run(open_loop_ports([args.port], requests, args.rate, args.connections))
     else:
-        result = uvloop.run(_closed_loop(args.port, requests, args.connections))
+        result = uvloop.run(closed_loop_ports([args.port], requests, args.connections))
     print(json.dumps(asdict(result)))
 
 
