@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _server(request: Request) -> Server:
+def server_of(request: Request) -> Server:
+    """The `Server` behind the app that is handling `request`."""
     return request.app.state.server
 
 
@@ -51,7 +52,7 @@ def _bearer_ok(request: Request, expected: str) -> bool:
 
 def _refusal(request: Request) -> Response | None:
     """The answer to a request without the admin token, or None when it may go ahead."""
-    token = _server(request).settings.admin_token
+    token = server_of(request).settings.admin_token
     if token is None:
         return JSONResponse(
             {"error": "admin endpoints are off: set FLOW_ADMIN_TOKEN to use them"},
@@ -77,7 +78,7 @@ async def forget_user_endpoint(request: Request) -> Response:
     refused = _refusal(request)
     if refused is not None:
         return refused
-    server = _server(request)
+    server = server_of(request)
     if server.engine is None or server.processor is None:
         return JSONResponse({"error": "the server is starting"}, status_code=503)
     page_id = request.path_params["page_id"]
@@ -108,7 +109,7 @@ async def admin_reload(request: Request) -> Response:
     refused = _refusal(request)
     if refused is not None:
         return refused
-    server = _server(request)
+    server = server_of(request)
     if server.store is None:
         return JSONResponse({"error": "the server is starting"}, status_code=503)
     outcome = await server.reload()

@@ -32,7 +32,7 @@ from runtime import db
 from runtime.program import ProgramView
 from runtime.store import SqlStore
 from server import gctune
-from server.admin import admin_reload, forget_user_endpoint
+from server.admin import admin_reload, forget_user_endpoint, server_of
 from server.crypto import CryptoError, TokenCipher
 from server.dispatcher import DEFAULT_CONCURRENCY, Dispatcher
 from server.graph import GraphClient, create_http_client
@@ -354,10 +354,6 @@ class Server:
 # ----------------------------------------------------------------------------- routes
 
 
-def _server(request: Request) -> Server:
-    return request.app.state.server
-
-
 async def healthz(request: Request) -> Response:
     """The process is up."""
     return PlainTextResponse("ok")
@@ -365,7 +361,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready for traffic: the database answers and the flows are loaded."""
-    problem = await _server(request).readiness()
+    problem = await server_of(request).readiness()
     if problem is not None:
         return PlainTextResponse(f"not ready: {problem}", status_code=503)
     return PlainTextResponse("ready")
@@ -373,7 +369,7 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     """Prometheus exposition."""
-    return Response(_server(request).metrics.render(), media_type=CONTENT_TYPE)
+    return Response(server_of(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 def create_app(
