@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Engine, Table
+from sqlalchemy import JSON, Connection, Engine, Row, Table
 
 Processor = Callable[[Any], Any]
 
-#: Rows per INSERT statement: SQLite takes at most 32,766 parameters, and the SQL text of
-#: each row count is kept (a turn writes a handful of rows, so few counts recur).
+#: Rows per INSERT statement by default: SQLite takes at most 32,766 parameters, and the SQL
+#: text of each row count is kept.
 ROWS_PER_STATEMENT = 200
 
 
@@ -37,11 +37,18 @@ def _same(value: Any) -> Any:
 
 
 class RowInserter:
-    """Multi-row `INSERT INTO table (columns) VALUES (…), (…) [suffix]`: one statement for
-    any number of rows, its SQL built once per row count."""
+    """Multi-row `INSERT INTO table (columns) VALUES (…), (…) [suffix] [RETURNING …]`: one
+    statement for up to `rows_per_statement` rows, its SQL built once per row count."""
 
     def __init__(
-        self, engine: Engine, table: Table, columns: Sequence[str], *, suffix: str = ""
+        self,
+        engine: Engine,
+        table: Table,
+        columns: Sequence[str],
+        *,
+        suffix: str = "",
+        returning: Sequence[str] = (),
+        rows_per_statement: int = ROWS_PER_STATEMENT,
     ) -> None:
         placeholder = mark(engine)
         postgres = engine.dialect.name == "postgresql"
@@ -57,22 +64,30 @@ class RowInserter:
             + ")"
         )
         self._head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
-        self._suffix = f" {suffix}" if suffix else ""
+        self._tail = (f" {suffix}" if suffix else "") + (
+            f" RETURNING {', '.join(returning)}" if returning else ""
+        )
+        self._returns = bool(returning)
+        self._rows_per_statement = rows_per_statement
         self._sql: dict[int, str] = {}
 
-    def insert(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert `rows` (values in the order of `columns`), in order: one statement per
-        `ROWS_PER_STATEMENT` rows."""
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            chunk = rows[start : start + ROWS_PER_STATEMENT]
+    def insert(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> list[Row[Any]]:
+        """Insert `rows` (values in the order of `columns`), in order; returns the `returning`
+        columns of the rows inserted (none without `returning`)."""
+        returned: list[Row[Any]] = []
+        for start in range(0, len(rows), self._rows_per_statement):
+            chunk = rows[start : start + self._rows_per_statement]
             sql = self._sql.get(len(chunk))
             if sql is None:
                 sql = self._sql[len(chunk)] = (
-                    self._head + ", ".join([self._row] * len(chunk)) + self._suffix
+                    self._head + ", ".join([self._row] * len(chunk)) + self._tail
                 )
             params = [
                 process(value)
                 for row in chunk
                 for process, value in zip(self._processors, row, strict=True)
             ]
-            conn.exec_driver_sql(sql, tuple(params))
+            result = conn.exec_driver_sql(sql, tuple(params))
+            if self._returns:
+                returned += result.all()
+        return returned

@@ -80,3 +80,21 @@ def test_a_conflict_suffix_skips_only_the_conflicting_row(database_url: str) -> 
         ("u1", None),
     ]
     engine.dispose()
+
+
+def test_returning_gives_the_inserted_rows_only(database_url: str) -> None:
+    engine = db.create_engine_for(database_url)
+    inserter = RowInserter(
+        engine,
+        tables.message_log,
+        _COLUMNS,
+        suffix="ON CONFLICT (mid) DO NOTHING",
+        returning=("id", "mid"),
+        rows_per_statement=2,
+    )
+    with engine.begin() as conn:
+        first = inserter.insert(conn, [_row(1, mid="m.1")])
+        again = inserter.insert(conn, [_row(2, mid="m.1"), _row(3, mid="m.3"), _row(4, mid="m.4")])
+    engine.dispose()
+    assert [mid for _, mid in first] == ["m.1"]
+    assert sorted(mid for _, mid in again) == ["m.3", "m.4"]  # across two statements
