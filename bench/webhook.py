@@ -392,11 +392,19 @@ def wait_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None 
 
 
 @contextlib.contextmanager
-def server(role: str, cpu: int, log: Path, env: dict[str, str] | None = None) -> Iterator[int]:
-    """A server role in its own process, pinned to `cpu`, its output in `log`; yields its
-    port."""
+def server(
+    role: str,
+    cpu: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    script: str = __file__,
+    timeout: float = 30.0,
+) -> Iterator[int]:
+    """A server role of `script` (`script serve ROLE --port N`) in its own process, pinned to
+    `cpu`, its output in `log`; yields its port once it answers (within `timeout`)."""
     port = free_port()
-    argv = [sys.executable, __file__, "serve", role, "--port", str(port)]
+    argv = [sys.executable, script, "serve", role, "--port", str(port)]
     out = log.open("w")
     process = subprocess.Popen(
         pinned(cpu, argv),
@@ -408,7 +416,7 @@ def server(role: str, cpu: int, log: Path, env: dict[str, str] | None = None) ->
     )
     try:
         path = "/_emulator/stats" if role == "emulator" else "/webhook"
-        wait_http(f"http://127.0.0.1:{port}{path}", process=process)
+        wait_http(f"http://127.0.0.1:{port}{path}", timeout, process=process)
         yield port
     finally:
         process.send_signal(signal.SIGINT)

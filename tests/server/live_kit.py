@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,17 +271,22 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
 
 
 @contextmanager
-def server_process(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def server_process(
+    env: dict[str, str], port: int, *, log_level: str = "warning", log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """`flowc serve flows/` as a subprocess (so that it can be SIGKILLed). Its output goes to
-    a file, shown when it fails to start."""
+    `log` (default: a temporary file), shown when it fails to start."""
     argv = [sys.executable, "-m", "flowlang", "serve", str(ROOT / "flows"), "--port", str(port)]
-    argv += ["--log-level", "warning"]
-    with tempfile.NamedTemporaryFile("w+b", suffix=".log") as out:
+    argv += ["--log-level", log_level]
+    with ExitStack() as stack:
+        if log is None:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "serve.log"
+        out = stack.enter_context(log.open("wb"))
         process = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
         )
         try:
-            wait_ready(f"http://127.0.0.1:{port}", process, Path(out.name))
+            wait_ready(f"http://127.0.0.1:{port}", process, log)
             yield process
         finally:
             if process.poll() is None:

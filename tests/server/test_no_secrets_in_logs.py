@@ -15,11 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,8 +34,8 @@ from live_kit import (
     ROOT,
     Graph,
     free_port,
+    server_process,
     texts,
-    wait_ready,
 )
 from server_kit import serving
 
@@ -220,34 +216,16 @@ def test_flowc_serve_prints_no_secret_at_debug_level(tmp_path: Path) -> None:
         graph = Graph(graph_url)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "flowlang", "serve", str(ROOT / "flows")]
-        argv += ["--port", str(port), "--log-level", "debug"]
         log = tmp_path / "serve.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env={**os.environ, **env(db_url, graph_url)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
+        with server_process(env(db_url, graph_url), port, log_level="debug", log=log):
+            verify(url)
+            assert say(url, "I'm interested in a demo") == 200
+            assert texts(graph.sent(PSID, 2)) == [GREAT, NAME_Q]
+            assert say(url, "Ada", secret="not-the-app-secret") == 403
+            status, _ = http(
+                "POST", f"{url}/admin/reload", b"", Authorization=f"Bearer {ADMIN_TOKEN}"
             )
-            try:
-                wait_ready(url, process, log)
-                verify(url)
-                assert say(url, "I'm interested in a demo") == 200
-                assert texts(graph.sent(PSID, 2)) == [GREAT, NAME_Q]
-                assert say(url, "Ada", secret="not-the-app-secret") == 403
-                status, _ = http(
-                    "POST", f"{url}/admin/reload", b"", Authorization=f"Bearer {ADMIN_TOKEN}"
-                )
-                assert status == 200
-            finally:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            assert status == 200
         graph.http.close()
     printed = log.read_text(encoding="utf-8", errors="replace")
     assert "DEBUG" in printed and "webhook refused" in printed  # it did log, at DEBUG
