@@ -179,6 +179,28 @@ def stock_httpx() -> httpx.AsyncClient:
     return create_http_client(httpx.AsyncHTTPTransport(limits=limits))
 
 
+async def drive(
+    call: Callable[[dict[str, Any]], Awaitable[object]], requests: int, concurrency: int
+) -> dict[str, Any]:
+    """`requests` Send API bodies (for 4 × `concurrency` users) through `call`, by
+    `concurrency` workers; req/s, CPU per call and call latencies."""
+    users = 4 * concurrency
+    bodies = iter([message_body(str(i % users), MESSAGE) for i in range(requests)])
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for body in bodies:
+            started = time.perf_counter()
+            await call(body)
+            latencies.append(time.perf_counter() - started)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    assert len(latencies) == requests
+    return figures_of(requests, elapsed, cpu, latencies)
+
+
 async def run_bare(
     base: str,
     requests: int,
@@ -189,22 +211,9 @@ async def run_bare(
     called directly by `concurrency` workers: the same call the sender makes, without it."""
     http = factory()
     graph = GraphClient(http, base_url=base, app_secret=APP_SECRET)
-    users = 4 * concurrency
-    bodies = iter([message_body(str(i % users), MESSAGE) for i in range(requests)])
-    latencies: list[float] = []
-
-    async def worker() -> None:
-        for body in bodies:
-            started = time.perf_counter()
-            await graph.send(TOKEN, body)
-            latencies.append(time.perf_counter() - started)
-
-    started, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    figures = await drive(lambda body: graph.send(TOKEN, body), requests, concurrency)
     await http.aclose()
-    assert len(latencies) == requests
-    return figures_of(requests, elapsed, cpu, latencies)
+    return figures
 
 
 async def run_post(base: str, requests: int, concurrency: int) -> dict[str, Any]:
@@ -213,23 +222,15 @@ async def run_post(base: str, requests: int, concurrency: int) -> dict[str, Any]
     http = create_http_client()
     url = httpx.URL(base + "/me/messages", params={"appsecret_proof": PROOF})
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    users = 4 * concurrency
-    bodies = iter([message_body(str(i % users), MESSAGE) for i in range(requests)])
-    latencies: list[float] = []
 
-    async def worker() -> None:
-        for body in bodies:
-            started = time.perf_counter()
-            response = await http.post(url, json=body, headers=headers)
-            response.raise_for_status()
-            json.loads(response.content)
-            latencies.append(time.perf_counter() - started)
+    async def post(body: dict[str, Any]) -> None:
+        response = await http.post(url, json=body, headers=headers)
+        response.raise_for_status()
+        json.loads(response.content)
 
-    started, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    figures = await drive(post, requests, concurrency)
     await http.aclose()
-    return figures_of(requests, elapsed, cpu, latencies)
+    return figures
 
 
 async def run_aiohttp(base: str, requests: int, concurrency: int) -> dict[str, Any]:
@@ -239,24 +240,15 @@ async def run_aiohttp(base: str, requests: int, concurrency: int) -> dict[str, A
     url = base + "/me/messages"
     params = {"appsecret_proof": PROOF}
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    users = 4 * concurrency
-    bodies = iter([message_body(str(i % users), MESSAGE) for i in range(requests)])
-    latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker() -> None:
-            for body in bodies:
-                started = time.perf_counter()
-                async with session.post(url, params=params, json=body, headers=headers) as r:
-                    r.raise_for_status()
-                    json.loads(await r.read())
-                latencies.append(time.perf_counter() - started)
+        async def post(body: dict[str, Any]) -> None:
+            async with session.post(url, params=params, json=body, headers=headers) as r:
+                r.raise_for_status()
+                json.loads(await r.read())
 
-        started, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return figures_of(requests, elapsed, cpu, latencies)
+        return await drive(post, requests, concurrency)
 
 
 def prepare_outbox(path: Path, requests: int, concurrency: int) -> str:
