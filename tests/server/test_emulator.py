@@ -16,13 +16,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
+from server_kit import serving
 
 from server import webhook_sender as wh
 from server.emucli import EMULATOR_COMMANDS, say_command
@@ -31,26 +30,6 @@ from server.emulator import Emulator, FailRule, create_emulator, describe, error
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "page-token-1"
 SECRET = "app-secret-1"
-
-
-@contextmanager
-def serving(app: object) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture
